@@ -1,1 +1,74 @@
-fn main(){}
+//! `ssq`: the operator's CLI. Parses the command line, runs the command, prints its
+//! failure once and maps it to DESIGN.md's exit codes (0 ok, 1 error, 2 bad input,
+//! 3 unreachable or timeout, 4 refused, 5 a check failed). A closed stdout
+//! (`ssq ... | head`) is not an error.
+
+mod access_cmd;
+mod args;
+mod key_cmd;
+mod man_cmd;
+mod node_cmd;
+mod operator_cmd;
+mod output;
+mod slave_cmd;
+mod target;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Cmd};
+use crate::output::{print_failure, Failure};
+use crate::target::Ctx;
+
+fn main() -> ExitCode {
+    // Writing to a closed pipe ends the process quietly, as `head` expects.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    let format = cli.global.output;
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ssq: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            print_failure(&f, format);
+            ExitCode::from(u8::try_from(f.exit).unwrap_or(1))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let ctx = Ctx::new(cli.global)?;
+    let deadline = ctx.g.timeout;
+    let work = async {
+        match cli.command {
+            Cmd::Key(k) => key_cmd::run(&ctx, k),
+            Cmd::Slave(s) => slave_cmd::run(&ctx, s).await,
+            Cmd::Master(m) => access_cmd::run(&ctx, m).await,
+            Cmd::Restart(r) => node_cmd::restart(&ctx, r).await,
+            Cmd::Status(n) => node_cmd::status(&ctx, n).await,
+            Cmd::Logs(l) => node_cmd::logs(&ctx, l).await,
+            Cmd::Node(n) => node_cmd::node(&ctx, n).await,
+            Cmd::Operator(o) => operator_cmd::run(&ctx, o).await,
+            Cmd::GenerateMan { dir } => man_cmd::run(&dir),
+        }
+    };
+    // One overall limit, a little above the per-call limit so a call's own timeout
+    // (with its clearer message) fires first.
+    match tokio::time::timeout(deadline + std::time::Duration::from_secs(2), work).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::new(
+            3,
+            "timeout",
+            format!("gave up after {} (--timeout)", humantime::format_duration(deadline)),
+        )),
+    }
+}

@@ -1,1 +1,49 @@
-fn main(){}
+//! `ssqd`: the node daemon. Parses its one flag, loads the node and serves it; the
+//! work lives in the modules below and in the `ssq` library.
+
+mod daemon;
+mod forward;
+mod handover;
+mod node;
+mod portal;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// The ssq node daemon: forward proxy, Configuration Portal, policy sync and reports.
+#[derive(Debug, Parser)]
+#[command(name = "ssqd", version, about)]
+struct Args {
+    /// The node's startup params.
+    #[arg(long, env = "SSQ_CONFIG", default_value = "/etc/ssq/startup.yaml")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    // Descriptors handed over by a restart are taken before any thread starts.
+    let inherited = handover::Inherited::from_env();
+    let args = Args::parse();
+    let prepared = match daemon::prepare(&args.config, inherited) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ssqd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ssqd: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(daemon::serve(prepared)) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("ssqd: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

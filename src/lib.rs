@@ -1,8 +1,16 @@
 //! The ssq library: what the `ssq` CLI and the `ssqd` daemon share — file formats
-//! (startup params, access list, inventory, keys), request signing, the portal API types
-//! and the portal client.
+//! (startup params, access list, inventory, keys, pins), request signing, the portal API
+//! types and the portal client.
 
 pub mod access;
+pub mod api;
+pub mod client;
+pub mod extlog;
 pub mod inventory;
+pub mod keys;
+pub mod nodeconf;
+pub mod pins;
+pub mod sign;
 pub mod startup;
+pub mod tls;
 pub mod yamlpos;

@@ -1,0 +1,290 @@
+//! The command line, as clap definitions: the one source of the help text, the man
+//! pages (`man/`) and the README's command list.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A table for people.
+    Table,
+    /// Complete, stable JSON for scripts.
+    Json,
+    /// The same as YAML.
+    Yaml,
+}
+
+/// ssq: drive a cluster of ssq web gateways (one master, many slaves).
+#[derive(Debug, Parser)]
+#[command(name = "ssq", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Global options.
+    #[command(flatten)]
+    pub global: Global,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table", global = true)]
+    pub output: Format,
+    /// The inventory (ssq.yaml): master, slaves, key files.
+    #[arg(long, env = "SSQ_INVENTORY", global = true)]
+    pub inventory: Option<PathBuf>,
+    /// The cluster's activation key file.
+    #[arg(long, env = "SSQ_KEY_FILE", global = true)]
+    pub key_file: Option<PathBuf>,
+    /// The operator key that signs requests (default SSQ_HOME/operator.key).
+    #[arg(long, env = "SSQ_OPERATOR_KEY", global = true)]
+    pub operator_key: Option<PathBuf>,
+    /// Source address for outgoing connections (what the node's allow list sees).
+    #[arg(long, env = "SSQ_BIND", global = true)]
+    pub bind: Option<IpAddr>,
+    /// Accept certificates signed by this CA (PEM) instead of pinning.
+    #[arg(long, global = true)]
+    pub ca: Option<PathBuf>,
+    /// The node certificate's expected fingerprint (sha256:HEX).
+    #[arg(long, global = true)]
+    pub fingerprint: Option<String>,
+    /// Refuse (exit 4) a node whose certificate is not pinned yet.
+    #[arg(long, global = true)]
+    pub strict_pins: bool,
+    /// Overall time limit, e.g. 30s, 2m.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub timeout: std::time::Duration,
+    /// Run on this node itself: through its admin socket, or on its files when ssqd is
+    /// not running. Needs --config.
+    #[arg(long, global = true, requires = "config")]
+    pub local: bool,
+    /// The node's startup.yaml, with --local.
+    #[arg(long, global = true, env = "SSQ_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Create keys: the cluster's activation key, or an operator key pair.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Point a slave at its master, and show a slave's startup params.
+    #[command(subcommand)]
+    Slave(SlaveCmd),
+    /// The master's access restriction (allow list) and slave membership.
+    #[command(subcommand)]
+    Master(MasterCmd),
+    /// Restart a node in place (same PID and ports, new boot id), after a backup.
+    Restart(RestartArgs),
+    /// Show a node's status (default: the master).
+    Status(NodeArg),
+    /// Show the last lines of a node's extended.log.
+    Logs(LogsArgs),
+    /// Certificates of nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// The operator keys a node obeys (with --local, on the node itself).
+    #[command(subcommand)]
+    Operator(OperatorCmd),
+    /// Write the man pages into a directory.
+    #[command(hide = true)]
+    GenerateMan {
+        /// Target directory.
+        dir: PathBuf,
+    },
+}
+
+/// `ssq key ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Create a new key. Never overwrites, never prints the key.
+    New {
+        /// Where to write it (default ./activation.key, or SSQ_HOME/operator.key with --operator).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Create an operator key pair (FILE and FILE.pub) instead of an activation key.
+        #[arg(long)]
+        operator: bool,
+    },
+}
+
+/// Which node a command talks to.
+#[derive(Debug, Args)]
+pub struct NodeArg {
+    /// Node name (from the inventory) or HOST:PORT of its portal.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The master (name or HOST:PORT; default: the inventory's).
+    #[arg(long)]
+    pub master: Option<String>,
+}
+
+/// `ssq slave ...`.
+#[derive(Debug, Subcommand)]
+pub enum SlaveCmd {
+    /// Set a slave's master in its startup params (backup first); restart to apply.
+    SetMaster {
+        /// The master's HOST[:PORT] (port 8888 by default).
+        master: String,
+        /// The slave (name or HOST:PORT of its portal).
+        #[arg(long)]
+        node: Option<String>,
+        /// Restart the slave afterwards without asking.
+        #[arg(long, conflicts_with = "no_restart")]
+        restart: bool,
+        /// Do not restart the slave.
+        #[arg(long)]
+        no_restart: bool,
+        /// With a restart: wait until the slave answers again.
+        #[arg(long)]
+        wait: bool,
+        /// Answer yes to the restart question.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Show a slave's startup params.
+    Show {
+        /// The slave (name or HOST:PORT of its portal).
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+/// `ssq master ...`.
+#[derive(Debug, Subcommand)]
+pub enum MasterCmd {
+    /// Edit or list the allow list.
+    #[command(subcommand)]
+    Allow(AllowCmd),
+    /// Turn the allow list on or off.
+    #[command(subcommand)]
+    Auth(AuthCmd),
+}
+
+/// Where an allow-list command applies.
+#[derive(Debug, Args)]
+pub struct ListTarget {
+    /// The master (name or HOST:PORT; default: the inventory's).
+    #[arg(long)]
+    pub master: Option<String>,
+    /// Edit this node's own list instead of the master's.
+    #[arg(long)]
+    pub node: Option<String>,
+}
+
+/// `ssq master allow ...`.
+#[derive(Debug, Subcommand)]
+pub enum AllowCmd {
+    /// Add an entry: IP, CIDR or range A-B.
+    Add {
+        /// IP (10.0.0.5), CIDR (10.0.0.0/24) or range (10.0.0.5-10.0.0.9).
+        address: String,
+        /// What it grants: sync, config, or both (sync,config).
+        #[arg(long, default_value = "sync")]
+        access: String,
+        /// A note kept with the entry.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Skip the lock-out guard.
+        #[arg(long)]
+        force: bool,
+        /// Target.
+        #[command(flatten)]
+        target: ListTarget,
+    },
+    /// Remove the entry for an address.
+    Remove {
+        /// The entry's address as listed.
+        address: String,
+        /// Skip the lock-out guard.
+        #[arg(long)]
+        force: bool,
+        /// Target.
+        #[command(flatten)]
+        target: ListTarget,
+    },
+    /// List the entries.
+    List {
+        /// Target.
+        #[command(flatten)]
+        target: ListTarget,
+    },
+}
+
+/// `ssq master auth ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuthCmd {
+    /// Enforce the allow list.
+    Enable {
+        /// Skip the lock-out guard.
+        #[arg(long)]
+        force: bool,
+        /// Target.
+        #[command(flatten)]
+        target: ListTarget,
+    },
+    /// Stop enforcing the allow list (signatures are still required).
+    Disable {
+        /// Skip the lock-out guard.
+        #[arg(long)]
+        force: bool,
+        /// Target.
+        #[command(flatten)]
+        target: ListTarget,
+    },
+}
+
+/// `ssq restart`.
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// The node (name or HOST:PORT of its portal).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Wait until the node answers again with a new boot id.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// `ssq logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The node (name or HOST:PORT of its portal).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// How many lines.
+    #[arg(short = 'n', long = "lines", default_value_t = 100)]
+    pub lines: usize,
+}
+
+/// `ssq node ...`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Accept a node's current certificate (after it changed), showing both fingerprints.
+    Trust {
+        /// Node name (from the inventory) or HOST:PORT.
+        node: String,
+    },
+}
+
+/// `ssq operator ...` (with --local).
+#[derive(Debug, Subcommand)]
+pub enum OperatorCmd {
+    /// Add an operator key: a .pub file or its line.
+    Add {
+        /// FILE.pub, or the line itself.
+        key: String,
+    },
+    /// List the operator keys.
+    List,
+    /// Remove an operator key by fingerprint (SHA256:...) or .pub file.
+    Remove {
+        /// Fingerprint, FILE.pub, or the line.
+        key: String,
+    },
+}

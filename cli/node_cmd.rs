@@ -1,0 +1,195 @@
+//! Node-level commands: `ssq status`, `ssq restart`, `ssq logs`, `ssq node trust`.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use ssq::api::Status;
+use ssq::client::{with_default_port, ClientOptions, Portal};
+use ssq::pins::{KnownNodes, Pin};
+
+use crate::args::{LogsArgs, NodeArg, NodeCmd, RestartArgs};
+use crate::output::{emit, kv, Failure};
+use crate::target::Ctx;
+
+/// Run `ssq status`.
+///
+/// # Errors
+/// As the call.
+pub async fn status(ctx: &Ctx, a: NodeArg) -> Result<(), Failure> {
+    let node = match (&a.node, &a.master) {
+        (Some(n), _) => Some(n.clone()),
+        (None, Some(m)) => Some(m.clone()),
+        (None, None) => None,
+    };
+    let mut t = ctx.target(node.as_deref()).await?;
+    let s = t.status().await?;
+    emit(ctx.g.output, &s, || render_status(&s))
+}
+
+fn render_status(s: &Status) -> String {
+    kv(vec![
+        ("node", s.node.clone()),
+        ("role", s.role.clone()),
+        ("version", s.version.clone()),
+        ("pid", s.pid.to_string()),
+        ("boot id", s.boot_id.clone()),
+        ("started", s.started_at.clone()),
+        ("master", s.master.clone().unwrap_or_else(|| "-".into())),
+        ("portal", s.portal.clone()),
+        ("proxy", s.proxy.clone().unwrap_or_else(|| "-".into())),
+        ("certificate", s.fingerprint.clone()),
+        ("activation key id", s.key_id.clone()),
+        ("node key", s.node_key.clone()),
+        (
+            "authentication",
+            if s.authentication { "on" } else { "off" }.into(),
+        ),
+        (
+            "policy",
+            format!(
+                "{} (revision {}{})",
+                s.policy.state,
+                s.policy.revision,
+                if s.policy.sha256.is_empty() {
+                    String::new()
+                } else {
+                    format!(", sha256 {}", &s.policy.sha256[..s.policy.sha256.len().min(12)])
+                }
+            ),
+        ),
+    ])
+}
+
+/// Run `ssq restart`.
+///
+/// # Errors
+/// Exit 3 when the node does not come back within --timeout.
+pub async fn restart(ctx: &Ctx, a: RestartArgs) -> Result<(), Failure> {
+    let mut t = ctx.target(a.node.as_deref()).await?;
+    let r = t.restart().await?;
+    if !a.wait {
+        return emit(ctx.g.output, &r, || {
+            format!(
+                "restart requested (pid {}); configuration backed up to {}\nwait for it with: ssq status{}",
+                r.pid,
+                r.backup,
+                a.node.as_ref().map(|n| format!(" --node {n}")).unwrap_or_default()
+            )
+        });
+    }
+    let s = wait_new_boot(ctx, a.node.as_deref(), &r.old_boot_id).await?;
+    let out = json!({
+        "backup": r.backup,
+        "old_boot_id": r.old_boot_id,
+        "boot_id": s.boot_id,
+        "pid": s.pid,
+        "same_pid": s.pid == r.pid,
+        "portal": s.portal,
+        "proxy": s.proxy,
+    });
+    emit(ctx.g.output, &out, || {
+        format!(
+            "{} restarted: boot {} -> {}, pid {}{}; configuration backed up to {}",
+            s.node,
+            r.old_boot_id,
+            s.boot_id,
+            s.pid,
+            if s.pid == r.pid { " (same)" } else { " (changed!)" },
+            r.backup
+        )
+    })
+}
+
+/// Poll the node until it answers with a boot id other than `old`.
+pub async fn wait_new_boot(ctx: &Ctx, node: Option<&str>, old: &str) -> Result<Status, Failure> {
+    let start = Instant::now();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_message("waiting for the node to come back");
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    let mut last = String::from("no answer yet");
+    while start.elapsed() < ctx.g.timeout {
+        match ctx.target(node).await {
+            Ok(mut t) => match t.status().await {
+                Ok(s) if s.boot_id != old => {
+                    if let Some(b) = &bar {
+                        b.finish_and_clear();
+                    }
+                    return Ok(s);
+                }
+                Ok(_) => last = "still the old boot".into(),
+                Err(e) => last = e.message,
+            },
+            Err(e) => last = e.message,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    Err(Failure::new(
+        3,
+        "timeout",
+        format!(
+            "the node did not come back with a new boot id within {} (last: {last}); check its extended.log",
+            humantime::format_duration(ctx.g.timeout)
+        ),
+    ))
+}
+
+/// Run `ssq logs`.
+///
+/// # Errors
+/// As the call.
+pub async fn logs(ctx: &Ctx, a: LogsArgs) -> Result<(), Failure> {
+    let mut t = ctx.target(a.node.as_deref()).await?;
+    let l = t.logs(a.lines).await?;
+    emit(ctx.g.output, &l, || l.lines.join("\n"))
+}
+
+/// Run `ssq node ...`.
+///
+/// # Errors
+/// As the connection.
+pub async fn node(ctx: &Ctx, cmd: NodeCmd) -> Result<(), Failure> {
+    let NodeCmd::Trust { node } = cmd;
+    let (address, _) = match ctx.inventory.as_ref().and_then(|i| i.find(&node)) {
+        Some(e) => (e.address.clone(), e.fingerprint.clone()),
+        None => (node.clone(), None),
+    };
+    let address = with_default_port(&address);
+    let base = ctx.client_options(None)?;
+    let known_path = base.known_nodes.clone();
+    let mut known = KnownNodes::load(&known_path)?;
+    let old = known.get(&address).map(|p| p.fingerprint.clone());
+    // Connect trusting whatever is presented now, then pin it.
+    let opts = ClientOptions {
+        fingerprint: None,
+        strict_pins: false,
+        known_nodes: std::env::temp_dir().join(format!("ssq-trust-{}", std::process::id())),
+        ..base
+    };
+    let portal = Portal::connect(&address, &opts).await;
+    let _ = std::fs::remove_file(&opts.known_nodes);
+    let portal = portal?;
+    let new = portal.fingerprint.clone();
+    known.set(Pin {
+        address: address.clone(),
+        fingerprint: new.clone(),
+        node: Some(node.clone()).filter(|n| *n != address),
+    })?;
+    let out = json!({"address": address, "old": old, "new": new});
+    emit(ctx.g.output, &out, || {
+        format!(
+            "{address}: pinned {new}{}",
+            match &old {
+                Some(o) if *o == new => " (unchanged)".to_string(),
+                Some(o) => format!(" (was {o})"),
+                None => " (first pin)".into(),
+            }
+        )
+    })
+}

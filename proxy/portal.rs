@@ -1,0 +1,374 @@
+//! The Configuration Portal's request handling, shared by the HTTPS listener and the
+//! admin socket: access restriction and signature checks (portal only), then routing to
+//! the node's configuration. Every answer carries the node's boot id; every error is
+//! JSON `{error, message}`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use ssq::access::Access;
+use ssq::api::{
+    AccessPut, AllowAdd, AllowRemove, AuthSet, ErrorBody, LogLines, OperatorAdd, RestartResult,
+    StartupDoc, StartupPut, SyncPong, BOOT_ID_HEADER,
+};
+use ssq::keys::sha256_hex;
+use ssq::nodeconf::{Actor, ConfError};
+use ssq::sign::{self, AuthHeader, Caller, Canonical, SignError};
+
+use crate::node::{Command, Node};
+
+/// Largest request body the portal reads.
+const MAX_BODY: usize = 1 << 20;
+
+/// How a request reached the node.
+#[derive(Debug, Clone, Copy)]
+pub enum Via {
+    /// The HTTPS portal: restricted and signed.
+    Portal {
+        /// The client's address.
+        peer: SocketAddr,
+        /// Where the request arrived.
+        local: SocketAddr,
+    },
+    /// The admin socket: a local root (or same-user) caller.
+    Admin {
+        /// The caller's uid.
+        uid: u32,
+    },
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn respond(node: &Node, status: u16, body: Vec<u8>) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = node.boot_id.parse() {
+        r.headers_mut().insert(BOOT_ID_HEADER, v);
+    }
+    if let Ok(v) = "application/json".parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json<T: Serialize>(node: &Node, status: u16, value: &T) -> Resp {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => respond(node, status, body),
+        Err(e) => error(node, 500, "internal", &e.to_string()),
+    }
+}
+
+fn error(node: &Node, status: u16, code: &str, message: &str) -> Resp {
+    json(
+        node,
+        status,
+        &ErrorBody {
+            error: code.into(),
+            message: message.into(),
+        },
+    )
+}
+
+fn conf_error(node: &Node, e: &ConfError) -> Resp {
+    let (status, code) = e.status_code();
+    error(node, status, code, &e.to_string())
+}
+
+/// Which credential an endpoint needs.
+fn needs(path: &str) -> Access {
+    if path.starts_with("/api/v1/sync/") || path.starts_with("/api/v1/reports/ingest") {
+        Access::Sync
+    } else {
+        Access::Config
+    }
+}
+
+/// Serve one request.
+pub async fn handle(
+    node: Arc<Node>,
+    via: Via,
+    req: Request<Incoming>,
+) -> Result<Resp, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Ok(error(
+                &node,
+                413,
+                "body_too_large",
+                "request body too large or cut off (limit 1 MiB)",
+            ))
+        }
+    };
+    let path = parts.uri.path().to_string();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| path.clone());
+    let need = needs(&path);
+    let actor = match via {
+        Via::Admin { uid } => Actor::local(&format!("admin socket (uid {uid})")),
+        Via::Portal { peer, local } => {
+            let ip = peer.ip();
+            let access = match node.files.access() {
+                Ok(a) => a,
+                Err(e) => return Ok(conf_error(&node, &e)),
+            };
+            if !access.admits(ip, need) {
+                let msg = format!(
+                    "address {ip} is not in the allow list of {} (or its entry does not grant {need}); add it with: ssq master allow add {ip} --access {need} --node {}",
+                    node.files.startup.node, node.files.startup.node
+                );
+                node.files
+                    .log
+                    .warn("access", &format!("denied {} {path} from {ip}: {msg}", parts.method));
+                return Ok(error(&node, 403, "address_not_allowed", &msg));
+            }
+            let authority = parts
+                .headers
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            match authenticate(&node, parts.method.as_str(), &authority, &pq, &parts.headers, &body) {
+                Ok(Caller::Operator { fingerprint }) => {
+                    if need == Access::Sync {
+                        return Ok(error(
+                            &node,
+                            403,
+                            "operator_credential_on_sync_endpoint",
+                            "sync endpoints take a node credential (activation key and node key), not an operator key",
+                        ));
+                    }
+                    Actor {
+                        who: format!("operator {fingerprint}"),
+                        from: Some(ip),
+                        arrived: Some(local),
+                    }
+                }
+                Ok(Caller::Node { node: name, key }) => {
+                    if need == Access::Config {
+                        let e = SignError::SyncOnConfig;
+                        node.files.log.warn(
+                            "portal",
+                            &format!("refused {} {path} from {ip} (node {name}): {e}", parts.method),
+                        );
+                        return Ok(error(&node, e.status(), e.code(), &e.to_string()));
+                    }
+                    Actor {
+                        who: format!("node {name} ({})", key.fingerprint()),
+                        from: Some(ip),
+                        arrived: Some(local),
+                    }
+                }
+                Err(e) => {
+                    node.files.log.warn(
+                        "portal",
+                        &format!("refused {} {path} from {ip}: {e}", parts.method),
+                    );
+                    return Ok(error(&node, e.status(), e.code(), &e.to_string()));
+                }
+            }
+        }
+    };
+    Ok(route(&node, &parts.method, &path, parts.uri.query(), &body, &actor, via))
+}
+
+/// Check the signature, the time, the nonce and the boot id of a portal request.
+fn authenticate(
+    node: &Node,
+    method: &str,
+    authority: &str,
+    pq: &str,
+    headers: &hyper::HeaderMap,
+    body: &[u8],
+) -> Result<Caller, SignError> {
+    let value = headers
+        .get(hyper::header::AUTHORIZATION)
+        .ok_or(SignError::Missing)?
+        .to_str()
+        .map_err(|_| SignError::Malformed("not ASCII".into()))?;
+    let h = AuthHeader::parse(value)?;
+    if method != "GET" && h.boot != node.boot_id {
+        return Err(SignError::StaleBootId {
+            theirs: if h.boot.is_empty() { "(none)".into() } else { h.boot.clone() },
+            current: node.boot_id.clone(),
+        });
+    }
+    let body_sha = sha256_hex(body);
+    let canonical = Canonical {
+        method,
+        authority,
+        path_and_query: pq,
+        ts: h.ts,
+        nonce: &h.nonce,
+        node: &h.node,
+        boot_id: &h.boot,
+        body_sha256: &body_sha,
+        cert_sha256: &node.cert_sha256,
+    }
+    .string();
+    let operators: Vec<_> = node
+        .files
+        .operators()
+        .map_err(|e| SignError::Malformed(format!("the node's operators file is unreadable: {e}")))?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let caller = sign::verify(&h, &canonical, &operators, Some(&node.activation))?;
+    node.nonces
+        .lock()
+        .map_err(|_| SignError::Malformed("nonce cache poisoned".into()))?
+        .check_fresh(h.ts, &h.nonce, sign::unix_now())?;
+    Ok(caller)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(node: &Node, body: &[u8]) -> Result<T, Resp> {
+    serde_json::from_slice(body)
+        .map_err(|e| error(node, 400, "bad_request", &format!("request body: {e}")))
+}
+
+fn route(
+    node: &Node,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+    actor: &Actor,
+    via: Via,
+) -> Resp {
+    let result = match (method.as_str(), path) {
+        ("GET", "/api/v1/status") => Ok(json(node, 200, &node.status())),
+        ("GET", "/api/v1/startup") => node.files.startup_text().map(|text| {
+            json(
+                node,
+                200,
+                &StartupDoc {
+                    path: node.files.startup.path.display().to_string(),
+                    text,
+                },
+            )
+        }),
+        ("PUT", "/api/v1/startup") => match parse::<StartupPut>(node, body) {
+            Ok(p) => node
+                .files
+                .put_startup(&p.text, actor, p.force)
+                .map(|r| json(node, 200, &r)),
+            Err(r) => return r,
+        },
+        ("GET", "/api/v1/access") => node.files.access().map(|a| json(node, 200, &a)),
+        ("PUT", "/api/v1/access") => match parse::<AccessPut>(node, body) {
+            Ok(p) => node
+                .files
+                .write_access(p.access, "replaced", actor, p.force)
+                .map(|r| json(node, 200, &r)),
+            Err(r) => return r,
+        },
+        ("POST", "/api/v1/access/entries") => match parse::<AllowAdd>(node, body) {
+            Ok(p) => node
+                .files
+                .allow_add(p.entry, actor, p.force)
+                .map(|r| json(node, 200, &r)),
+            Err(r) => return r,
+        },
+        ("DELETE", "/api/v1/access/entries") => match parse::<AllowRemove>(node, body) {
+            Ok(p) => node
+                .files
+                .allow_remove(&p.address, actor, p.force)
+                .map(|r| json(node, 200, &r)),
+            Err(r) => return r,
+        },
+        ("PUT", "/api/v1/access/authentication") => match parse::<AuthSet>(node, body) {
+            Ok(p) => node
+                .files
+                .set_authentication(p.enabled, actor, p.force)
+                .map(|r| json(node, 200, &r)),
+            Err(r) => return r,
+        },
+        ("POST", "/api/v1/restart") => match node.files.backup(true) {
+            Ok(dir) => {
+                node.files.log.info(
+                    "restart",
+                    &format!(
+                        "restart requested {}; configuration backed up to {}",
+                        describe(actor),
+                        dir.display()
+                    ),
+                );
+                let _ = node.command.send(Command::Restart);
+                Ok(json(
+                    node,
+                    202,
+                    &RestartResult {
+                        backup: dir.display().to_string(),
+                        old_boot_id: node.boot_id.clone(),
+                        pid: std::process::id(),
+                    },
+                ))
+            }
+            Err(e) => Err(e),
+        },
+        ("GET", "/api/v1/logs") => {
+            let n = query
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("n=")))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(100)
+                .min(100_000);
+            match ssq::extlog::tail(node.files.log.path(), n) {
+                Ok(lines) => Ok(json(node, 200, &LogLines { lines })),
+                Err(e) => Ok(error(node, 500, "io_error", &e.to_string())),
+            }
+        }
+        (_, "/api/v1/operators") if matches!(via, Via::Portal { .. }) => Ok(error(
+            node,
+            403,
+            "local_only",
+            "operator keys are changed only on the node itself: ssq --local --config FILE operator add|remove",
+        )),
+        ("GET", "/api/v1/operators") => node.files.operator_entries().map(|o| json(node, 200, &o)),
+        ("POST", "/api/v1/operators") => match parse::<OperatorAdd>(node, body) {
+            Ok(p) => node
+                .files
+                .operator_add(&p.line, actor)
+                .map(|r| json(node, 200, &r)),
+            Err(r) => return r,
+        },
+        ("DELETE", "/api/v1/operators") => match parse::<OperatorAdd>(node, body) {
+            Ok(p) => node
+                .files
+                .operator_remove(&p.line, actor)
+                .map(|r| json(node, 200, &r)),
+            Err(r) => return r,
+        },
+        ("GET", "/api/v1/sync/ping") => Ok(json(
+            node,
+            200,
+            &SyncPong {
+                node: node.files.startup.node.clone(),
+                caller: actor.who.clone(),
+            },
+        )),
+        _ => Ok(error(
+            node,
+            404,
+            "not_found",
+            &format!("no endpoint {method} {path} on this node (ssqd {})", env!("CARGO_PKG_VERSION")),
+        )),
+    };
+    result.unwrap_or_else(|e| conf_error(node, &e))
+}
+
+fn describe(actor: &Actor) -> String {
+    match actor.from {
+        Some(ip) => format!("by {} from {ip}", actor.who),
+        None => format!("by {}", actor.who),
+    }
+}

@@ -1,0 +1,229 @@
+//! The portal API's types, shared by `ssqd` (which serves them) and `ssq` (which calls
+//! them), so the two cannot drift.
+//!
+//! Compatibility rule: fields are only ever added, never renamed or removed, and a new
+//! field has a default (`#[serde(default)]`) so an older peer's payload still decodes.
+//! Paths live under `/api/v1/`; a breaking change would be `/api/v2/`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::access::{AccessList, AllowEntry};
+
+/// Every error answer: `{"error": CODE, "message": TEXT}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// Stable machine-readable code.
+    pub error: String,
+    /// What happened and what to check next.
+    pub message: String,
+}
+
+/// The response header carrying the node's current boot id.
+pub const BOOT_ID_HEADER: &str = "ssq-boot-id";
+
+/// A node's policy state as it reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct PolicyState {
+    /// Applied revision (0: none).
+    #[serde(default)]
+    pub revision: u64,
+    /// sha256 of the applied revision (empty: none).
+    #[serde(default)]
+    pub sha256: String,
+    /// UNSYNCED, SYNCED, LOCAL, ...
+    #[serde(default)]
+    pub state: String,
+}
+
+/// `GET /api/v1/status`: the node itself at the top level.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Status {
+    /// Node name.
+    pub node: String,
+    /// standalone, slave or master.
+    pub role: String,
+    /// ssqd version.
+    pub version: String,
+    /// Random id of this boot (changes on every start and restart).
+    pub boot_id: String,
+    /// RFC 3339 UTC time of this boot.
+    pub started_at: String,
+    /// The master's HOST:PORT on a slave.
+    #[serde(default)]
+    pub master: Option<String>,
+    /// The portal's bound address.
+    pub portal: String,
+    /// The proxy's bound address (none on a master).
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// The portal certificate's fingerprint.
+    pub fingerprint: String,
+    /// The activation key's id (no secret).
+    pub key_id: String,
+    /// The node key's fingerprint.
+    pub node_key: String,
+    /// The daemon's process id.
+    #[serde(default)]
+    pub pid: u32,
+    /// Policy state.
+    #[serde(default)]
+    pub policy: PolicyState,
+    /// Whether the portal's allow list is enforced.
+    #[serde(default)]
+    pub authentication: bool,
+    /// On a master: the slaves it knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slaves: Option<Vec<serde_json::Value>>,
+}
+
+/// `GET /api/v1/startup`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StartupDoc {
+    /// Where the file is on the node.
+    pub path: String,
+    /// The file's text, comments included.
+    pub text: String,
+}
+
+/// `PUT /api/v1/startup` body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StartupPut {
+    /// The new file's text.
+    pub text: String,
+    /// Skip the lock-out guard (a portal.listen change that would shut this caller out).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `PUT /api/v1/startup` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StartupPutResult {
+    /// False when the new text equals the old (nothing written).
+    pub changed: bool,
+    /// Whether the running daemon must restart for the change to take effect.
+    pub restart_needed: bool,
+    /// Where the old file was saved.
+    #[serde(default)]
+    pub backup: Option<String>,
+}
+
+/// What a write to the access list did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessChange {
+    /// added, updated, removed, unchanged, already_present, not_found, changed.
+    pub outcome: String,
+    /// Warnings for the operator (e.g. a slave losing sync access).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// The list as it now is.
+    pub access: AccessList,
+}
+
+/// `POST /api/v1/access/entries` body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AllowAdd {
+    /// The entry.
+    pub entry: AllowEntry,
+    /// Skip the lock-out guard.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `DELETE /api/v1/access/entries` body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AllowRemove {
+    /// The entry's address as written.
+    pub address: String,
+    /// Skip the lock-out guard.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `PUT /api/v1/access` body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessPut {
+    /// The whole new list.
+    pub access: AccessList,
+    /// Skip the lock-out guard.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `PUT /api/v1/access/authentication` body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuthSet {
+    /// Turn the allow list on or off.
+    pub enabled: bool,
+    /// Skip the lock-out guard.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /api/v1/restart` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestartResult {
+    /// The backup directory of the configuration.
+    pub backup: String,
+    /// The boot id that is ending.
+    pub old_boot_id: String,
+    /// The daemon's pid (the same after the restart).
+    pub pid: u32,
+}
+
+/// `GET /api/v1/logs` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogLines {
+    /// The last lines of extended.log, oldest first.
+    pub lines: Vec<String>,
+}
+
+/// One operator key line of data_dir/operators.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OperatorEntry {
+    /// `SHA256:...`.
+    pub fingerprint: String,
+    /// The comment after the key.
+    pub comment: String,
+}
+
+/// `POST /api/v1/operators` body (admin socket only).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OperatorAdd {
+    /// A `.pub` line.
+    pub line: String,
+}
+
+/// Answer to operator add/remove.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OperatorChange {
+    /// added, already_present, removed, not_found.
+    pub outcome: String,
+    /// The list as it now is.
+    pub operators: Vec<OperatorEntry>,
+}
+
+/// `GET /api/v1/sync/ping` answer: proves a sync credential is accepted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SyncPong {
+    /// The answering node.
+    pub node: String,
+    /// The caller, as authenticated.
+    pub caller: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An older peer's status (without the fields added later) still decodes.
+    #[test]
+    fn old_status_payload_decodes() {
+        let old = r#"{"node":"m","role":"master","version":"0.1.0","boot_id":"b",
+            "started_at":"t","portal":"127.0.0.1:1","fingerprint":"f","key_id":"k",
+            "node_key":"n"}"#;
+        let s: Status = serde_json::from_str(old).unwrap();
+        assert_eq!(s.node, "m");
+        assert_eq!(s.policy, PolicyState::default());
+        assert!(s.slaves.is_none());
+    }
+}
