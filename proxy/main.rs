@@ -25,7 +25,9 @@ fn main() -> ExitCode {
     // Descriptors handed over by a restart are taken before any thread starts.
     let inherited = handover::Inherited::from_env();
     let args = Args::parse();
-    let prepared = match daemon::prepare(&args.config, inherited) {
+    // An absolute path keeps every relative path of the node stable across restarts.
+    let config = std::fs::canonicalize(&args.config).unwrap_or(args.config);
+    let prepared = match daemon::prepare(&config, inherited) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("ssqd: {e:#}");

@@ -23,6 +23,9 @@ use ssq::sign::{self, AuthHeader, Caller, Canonical, SignError};
 
 use crate::node::{Command, Node};
 
+/// How a refusal names a request signed without any boot id.
+const NO_BOOT: &str = "(none)";
+
 /// Largest request body the portal reads.
 const MAX_BODY: usize = 1 << 20;
 
@@ -170,10 +173,16 @@ pub async fn handle(
                     }
                 }
                 Err(e) => {
-                    node.files.log.warn(
-                        "portal",
-                        &format!("refused {} {path} from {ip}: {e}", parts.method),
-                    );
+                    // A client that has not learnt the boot id yet is told it (409) and
+                    // retries: that is the protocol, not an incident worth a log line.
+                    let first_contact =
+                        matches!(&e, SignError::StaleBootId { theirs, .. } if theirs == NO_BOOT);
+                    if !first_contact {
+                        node.files.log.warn(
+                            "portal",
+                            &format!("refused {} {path} from {ip}: {e}", parts.method),
+                        );
+                    }
                     return Ok(error(&node, e.status(), e.code(), &e.to_string()));
                 }
             }
@@ -199,7 +208,11 @@ fn authenticate(
     let h = AuthHeader::parse(value)?;
     if method != "GET" && h.boot != node.boot_id {
         return Err(SignError::StaleBootId {
-            theirs: if h.boot.is_empty() { "(none)".into() } else { h.boot.clone() },
+            theirs: if h.boot.is_empty() {
+                NO_BOOT.into()
+            } else {
+                h.boot.clone()
+            },
             current: node.boot_id.clone(),
         });
     }

@@ -140,6 +140,7 @@ impl NodeFiles {
     /// # Errors
     /// `ConfError` when the file is missing or invalid.
     pub fn open(config: &Path) -> Result<Self, ConfError> {
+        let config = &std::fs::canonicalize(config).map_err(io(config))?;
         let text = std::fs::read_to_string(config).map_err(io(config))?;
         let file = StartupFile::parse(&text, config)?;
         let startup = file.validate(&text, config)?;
