@@ -33,7 +33,13 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value = "table", global = true)]
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        default_value = "table",
+        global = true
+    )]
     pub output: Format,
     /// The inventory (ssq.yaml): master, slaves, key files.
     #[arg(long, env = "SSQ_INVENTORY", global = true)]

@@ -29,7 +29,10 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let format = cli.global.output;
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ssq: cannot start the runtime: {e}");
@@ -68,7 +71,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Err(_) => Err(Failure::new(
             3,
             "timeout",
-            format!("gave up after {} (--timeout)", humantime::format_duration(deadline)),
+            format!(
+                "gave up after {} (--timeout)",
+                humantime::format_duration(deadline)
+            ),
         )),
     }
 }

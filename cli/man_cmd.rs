@@ -19,7 +19,10 @@ pub fn run(dir: &Path) -> Result<(), Failure> {
 }
 
 fn write_pages(cmd: &clap::Command, name: &str, dir: &Path) -> Result<(), Failure> {
-    let cmd = cmd.clone().name(name.to_string()).version(env!("CARGO_PKG_VERSION"));
+    let cmd = cmd
+        .clone()
+        .name(name.to_string())
+        .version(env!("CARGO_PKG_VERSION"));
     let mut buf = Vec::new();
     clap_mangen::Man::new(cmd.clone())
         .date("")

@@ -54,7 +54,10 @@ fn render_status(s: &Status) -> String {
                 if s.policy.sha256.is_empty() {
                     String::new()
                 } else {
-                    format!(", sha256 {}", &s.policy.sha256[..s.policy.sha256.len().min(12)])
+                    format!(
+                        ", sha256 {}",
+                        &s.policy.sha256[..s.policy.sha256.len().min(12)]
+                    )
                 }
             ),
         ),
@@ -95,7 +98,11 @@ pub async fn restart(ctx: &Ctx, a: RestartArgs) -> Result<(), Failure> {
             r.old_boot_id,
             s.boot_id,
             s.pid,
-            if s.pid == r.pid { " (same)" } else { " (changed!)" },
+            if s.pid == r.pid {
+                " (same)"
+            } else {
+                " (changed!)"
+            },
             r.backup
         )
     })

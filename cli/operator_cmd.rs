@@ -49,13 +49,21 @@ pub async fn run(ctx: &Ctx, cmd: OperatorCmd) -> Result<(), Failure> {
         OperatorCmd::Add { key } => {
             let change = t.operator_change(key_line(&key)?, true).await?;
             emit(ctx.g.output, &change, || {
-                format!("{}\n{}", change.outcome.replace('_', " "), render(&change.operators))
+                format!(
+                    "{}\n{}",
+                    change.outcome.replace('_', " "),
+                    render(&change.operators)
+                )
             })
         }
         OperatorCmd::Remove { key } => {
             let change = t.operator_change(key_line(&key)?, false).await?;
             emit(ctx.g.output, &change, || {
-                format!("{}\n{}", change.outcome.replace('_', " "), render(&change.operators))
+                format!(
+                    "{}\n{}",
+                    change.outcome.replace('_', " "),
+                    render(&change.operators)
+                )
             })
         }
     }

@@ -83,7 +83,11 @@ pub fn print_failure(f: &Failure, format: Format) {
 ///
 /// # Errors
 /// Only when serialization fails.
-pub fn emit<T: Serialize>(format: Format, value: &T, human: impl FnOnce() -> String) -> Result<(), Failure> {
+pub fn emit<T: Serialize>(
+    format: Format,
+    value: &T,
+    human: impl FnOnce() -> String,
+) -> Result<(), Failure> {
     let text = match format {
         Format::Json => serde_json::to_string_pretty(value)
             .map_err(|e| Failure::new(1, "internal", e.to_string()))?,

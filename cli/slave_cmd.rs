@@ -123,11 +123,25 @@ pub async fn run(ctx: &Ctx, cmd: SlaveCmd) -> Result<(), Failure> {
                     ("file", doc.path.clone()),
                     ("node", s.node.clone()),
                     ("role", format!("{:?}", s.role).to_lowercase()),
-                    ("master", s.master.as_ref().map(|m| m.to_string()).unwrap_or_else(|| "-".into())),
+                    (
+                        "master",
+                        s.master
+                            .as_ref()
+                            .map(|m| m.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                    ),
                     ("portal.listen", s.portal_listen.to_string()),
                     ("proxy.listen", s.proxy_listen.to_string()),
-                    ("source_address", s.source_address.map(|a| a.to_string()).unwrap_or_else(|| "-".into())),
-                    ("activation_key_file", s.activation_key_file.display().to_string()),
+                    (
+                        "source_address",
+                        s.source_address
+                            .map(|a| a.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                    ),
+                    (
+                        "activation_key_file",
+                        s.activation_key_file.display().to_string(),
+                    ),
                     ("data_dir", s.data_dir.display().to_string()),
                     ("log_dir", s.log_dir.display().to_string()),
                     ("sync.never", s.sync_never.join(", ")),

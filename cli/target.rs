@@ -36,7 +36,9 @@ pub fn ssq_home() -> PathBuf {
     if let Some(h) = std::env::var_os("SSQ_HOME") {
         return PathBuf::from(h);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".config").join("ssq")
 }
 
@@ -149,11 +151,9 @@ impl Ctx {
     }
 
     async fn local_target(&self) -> Result<Target, Failure> {
-        let config = self
-            .g
-            .config
-            .as_deref()
-            .ok_or_else(|| Failure::usage("--local needs --config FILE (the node's startup.yaml)"))?;
+        let config = self.g.config.as_deref().ok_or_else(|| {
+            Failure::usage("--local needs --config FILE (the node's startup.yaml)")
+        })?;
         let files = NodeFiles::open(config)?;
         let sock = files.startup.data_dir.join("admin.sock");
         match Admin::connect(&sock, self.g.timeout).await {
@@ -234,7 +234,11 @@ impl Target {
     ///
     /// # Errors
     /// As the call.
-    pub async fn put_startup(&mut self, text: String, force: bool) -> Result<StartupPutResult, Failure> {
+    pub async fn put_startup(
+        &mut self,
+        text: String,
+        force: bool,
+    ) -> Result<StartupPutResult, Failure> {
         match self {
             Target::Files(f, _) => Ok(f.put_startup(&text, &Self::actor(), force)?),
             _ => {
@@ -259,12 +263,17 @@ impl Target {
     ///
     /// # Errors
     /// As the call.
-    pub async fn allow_add(&mut self, entry: AllowEntry, force: bool) -> Result<AccessChange, Failure> {
+    pub async fn allow_add(
+        &mut self,
+        entry: AllowEntry,
+        force: bool,
+    ) -> Result<AccessChange, Failure> {
         match self {
             Target::Files(f, _) => Ok(f.allow_add(entry, &Self::actor(), force)?),
             _ => {
                 let body = AllowAdd { entry, force };
-                self.call("POST", "/api/v1/access/entries", Some(&body), "").await
+                self.call("POST", "/api/v1/access/entries", Some(&body), "")
+                    .await
             }
         }
     }
@@ -273,12 +282,17 @@ impl Target {
     ///
     /// # Errors
     /// As the call.
-    pub async fn allow_remove(&mut self, address: String, force: bool) -> Result<AccessChange, Failure> {
+    pub async fn allow_remove(
+        &mut self,
+        address: String,
+        force: bool,
+    ) -> Result<AccessChange, Failure> {
         match self {
             Target::Files(f, _) => Ok(f.allow_remove(&address, &Self::actor(), force)?),
             _ => {
                 let body = AllowRemove { address, force };
-                self.call("DELETE", "/api/v1/access/entries", Some(&body), "").await
+                self.call("DELETE", "/api/v1/access/entries", Some(&body), "")
+                    .await
             }
         }
     }
@@ -292,7 +306,8 @@ impl Target {
             Target::Files(f, _) => Ok(f.set_authentication(enabled, &Self::actor(), force)?),
             _ => {
                 let body = AuthSet { enabled, force };
-                self.call("PUT", "/api/v1/access/authentication", Some(&body), "").await
+                self.call("PUT", "/api/v1/access/authentication", Some(&body), "")
+                    .await
             }
         }
     }
@@ -302,7 +317,8 @@ impl Target {
     /// # Errors
     /// As the call; exit 3 when ssqd is not running.
     pub async fn restart(&mut self) -> Result<RestartResult, Failure> {
-        self.call("POST", "/api/v1/restart", None::<&()>, "restart").await
+        self.call("POST", "/api/v1/restart", None::<&()>, "restart")
+            .await
     }
 
     /// The last lines of extended.log.
@@ -336,7 +352,11 @@ impl Target {
     ///
     /// # Errors
     /// As the call.
-    pub async fn operator_change(&mut self, line: String, add: bool) -> Result<OperatorChange, Failure> {
+    pub async fn operator_change(
+        &mut self,
+        line: String,
+        add: bool,
+    ) -> Result<OperatorChange, Failure> {
         match self {
             Target::Files(f, _) => Ok(if add {
                 f.operator_add(&line, &Self::actor())?
@@ -346,7 +366,8 @@ impl Target {
             _ => {
                 let method = if add { "POST" } else { "DELETE" };
                 let body = OperatorAdd { line };
-                self.call(method, "/api/v1/operators", Some(&body), "").await
+                self.call(method, "/api/v1/operators", Some(&body), "")
+                    .await
             }
         }
     }

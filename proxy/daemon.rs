@@ -69,7 +69,10 @@ fn adopt_tcp(
     })
 }
 
-fn admin_socket(inherited: &mut Inherited, path: &Path) -> Result<std::os::unix::net::UnixListener> {
+fn admin_socket(
+    inherited: &mut Inherited,
+    path: &Path,
+) -> Result<std::os::unix::net::UnixListener> {
     if let Some(fd) = inherited.take("admin") {
         return Ok(std::os::unix::net::UnixListener::from(fd));
     }
@@ -142,9 +145,8 @@ pub fn prepare(config: &Path, mut inherited: Inherited) -> Result<Prepared> {
         Some(p) => Some(p.local_addr()?),
         None => None,
     };
-    let keep = |fd: &dyn std::os::fd::AsFd| -> Result<OwnedFd> {
-        Ok(fd.as_fd().try_clone_to_owned()?)
-    };
+    let keep =
+        |fd: &dyn std::os::fd::AsFd| -> Result<OwnedFd> { Ok(fd.as_fd().try_clone_to_owned()?) };
     let portal_fd = keep(&portal)?;
     let admin_fd = keep(&admin)?;
     let proxy = match proxy {
@@ -315,33 +317,47 @@ pub async fn serve(p: Prepared) -> Result<i32> {
         End::Now => {
             let _ = std::fs::remove_file(&addr_file);
             let _ = std::fs::remove_file(&admin_path);
-            node.files.log.info("restart", "ssqd stopped (SIGINT, no drain)");
+            node.files
+                .log
+                .info("restart", "ssqd stopped (SIGINT, no drain)");
             Ok(130)
         }
         End::Drain => {
             let _ = std::fs::remove_file(&addr_file);
             let _ = std::fs::remove_file(&admin_path);
             let open = graceful.count();
-            let drained = tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_ok();
+            let drained = tokio::time::timeout(DRAIN, graceful.shutdown())
+                .await
+                .is_ok();
             node.files.log.info(
                 "restart",
                 &format!(
                     "ssqd stopped (SIGTERM; {open} connections {})",
-                    if drained { "drained" } else { "cut at the drain deadline" }
+                    if drained {
+                        "drained"
+                    } else {
+                        "cut at the drain deadline"
+                    }
                 ),
             );
             Ok(0)
         }
         End::Restart => {
             let _ = std::fs::remove_file(&addr_file);
-            let drained = tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_ok();
+            let drained = tokio::time::timeout(DRAIN, graceful.shutdown())
+                .await
+                .is_ok();
             node.files.log.info(
                 "restart",
                 &format!(
                     "restarting in place (pid {}, boot {} ending; connections {})",
                     std::process::id(),
                     node.boot_id,
-                    if drained { "drained" } else { "cut at the drain deadline" }
+                    if drained {
+                        "drained"
+                    } else {
+                        "cut at the drain deadline"
+                    }
                 ),
             );
             let mut fds: Vec<(&str, &OwnedFd)> = vec![("portal", &portal_fd), ("admin", &admin_fd)];
@@ -357,7 +373,9 @@ pub async fn serve(p: Prepared) -> Result<i32> {
     }
 }
 
-async fn accept_opt(l: &Option<TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+async fn accept_opt(
+    l: &Option<TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
     match l {
         Some(l) => l.accept().await,
         None => std::future::pending().await,

@@ -93,11 +93,7 @@ fn needs(path: &str) -> Access {
 }
 
 /// Serve one request.
-pub async fn handle(
-    node: Arc<Node>,
-    via: Via,
-    req: Request<Incoming>,
-) -> Result<Resp, Infallible> {
+pub async fn handle(node: Arc<Node>, via: Via, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -130,9 +126,10 @@ pub async fn handle(
                     "address {ip} is not in the allow list of {} (or its entry does not grant {need}); add it with: ssq master allow add {ip} --access {need} --node {}",
                     node.files.startup.node, node.files.startup.node
                 );
-                node.files
-                    .log
-                    .warn("access", &format!("denied {} {path} from {ip}: {msg}", parts.method));
+                node.files.log.warn(
+                    "access",
+                    &format!("denied {} {path} from {ip}: {msg}", parts.method),
+                );
                 return Ok(error(&node, 403, "address_not_allowed", &msg));
             }
             let authority = parts
@@ -141,7 +138,14 @@ pub async fn handle(
                 .and_then(|h| h.to_str().ok())
                 .unwrap_or("")
                 .to_string();
-            match authenticate(&node, parts.method.as_str(), &authority, &pq, &parts.headers, &body) {
+            match authenticate(
+                &node,
+                parts.method.as_str(),
+                &authority,
+                &pq,
+                &parts.headers,
+                &body,
+            ) {
                 Ok(Caller::Operator { fingerprint }) => {
                     if need == Access::Sync {
                         return Ok(error(
@@ -162,7 +166,10 @@ pub async fn handle(
                         let e = SignError::SyncOnConfig;
                         node.files.log.warn(
                             "portal",
-                            &format!("refused {} {path} from {ip} (node {name}): {e}", parts.method),
+                            &format!(
+                                "refused {} {path} from {ip} (node {name}): {e}",
+                                parts.method
+                            ),
                         );
                         return Ok(error(&node, e.status(), e.code(), &e.to_string()));
                     }
@@ -188,7 +195,15 @@ pub async fn handle(
             }
         }
     };
-    Ok(route(&node, &parts.method, &path, parts.uri.query(), &body, &actor, via))
+    Ok(route(
+        &node,
+        &parts.method,
+        &path,
+        parts.uri.query(),
+        &body,
+        &actor,
+        via,
+    ))
 }
 
 /// Check the signature, the time, the nonce and the boot id of a portal request.
@@ -244,9 +259,8 @@ fn authenticate(
     Ok(caller)
 }
 
-fn parse<T: serde::de::DeserializeOwned>(node: &Node, body: &[u8]) -> Result<T, Resp> {
-    serde_json::from_slice(body)
-        .map_err(|e| error(node, 400, "bad_request", &format!("request body: {e}")))
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ConfError> {
+    serde_json::from_slice(body).map_err(|e| ConfError::BadInput(format!("request body: {e}")))
 }
 
 fn route(
@@ -270,42 +284,37 @@ fn route(
                 },
             )
         }),
-        ("PUT", "/api/v1/startup") => match parse::<StartupPut>(node, body) {
-            Ok(p) => node
+        ("PUT", "/api/v1/startup") => parse::<StartupPut>(body).and_then(|p| {
+            node
                 .files
                 .put_startup(&p.text, actor, p.force)
-                .map(|r| json(node, 200, &r)),
-            Err(r) => return r,
-        },
+                .map(|r| json(node, 200, &r))
+        }),
         ("GET", "/api/v1/access") => node.files.access().map(|a| json(node, 200, &a)),
-        ("PUT", "/api/v1/access") => match parse::<AccessPut>(node, body) {
-            Ok(p) => node
+        ("PUT", "/api/v1/access") => parse::<AccessPut>(body).and_then(|p| {
+            node
                 .files
                 .write_access(p.access, "replaced", actor, p.force)
-                .map(|r| json(node, 200, &r)),
-            Err(r) => return r,
-        },
-        ("POST", "/api/v1/access/entries") => match parse::<AllowAdd>(node, body) {
-            Ok(p) => node
+                .map(|r| json(node, 200, &r))
+        }),
+        ("POST", "/api/v1/access/entries") => parse::<AllowAdd>(body).and_then(|p| {
+            node
                 .files
                 .allow_add(p.entry, actor, p.force)
-                .map(|r| json(node, 200, &r)),
-            Err(r) => return r,
-        },
-        ("DELETE", "/api/v1/access/entries") => match parse::<AllowRemove>(node, body) {
-            Ok(p) => node
+                .map(|r| json(node, 200, &r))
+        }),
+        ("DELETE", "/api/v1/access/entries") => parse::<AllowRemove>(body).and_then(|p| {
+            node
                 .files
                 .allow_remove(&p.address, actor, p.force)
-                .map(|r| json(node, 200, &r)),
-            Err(r) => return r,
-        },
-        ("PUT", "/api/v1/access/authentication") => match parse::<AuthSet>(node, body) {
-            Ok(p) => node
+                .map(|r| json(node, 200, &r))
+        }),
+        ("PUT", "/api/v1/access/authentication") => parse::<AuthSet>(body).and_then(|p| {
+            node
                 .files
                 .set_authentication(p.enabled, actor, p.force)
-                .map(|r| json(node, 200, &r)),
-            Err(r) => return r,
-        },
+                .map(|r| json(node, 200, &r))
+        }),
         ("POST", "/api/v1/restart") => match node.files.backup(true) {
             Ok(dir) => {
                 node.files.log.info(
@@ -347,20 +356,18 @@ fn route(
             "operator keys are changed only on the node itself: ssq --local --config FILE operator add|remove",
         )),
         ("GET", "/api/v1/operators") => node.files.operator_entries().map(|o| json(node, 200, &o)),
-        ("POST", "/api/v1/operators") => match parse::<OperatorAdd>(node, body) {
-            Ok(p) => node
+        ("POST", "/api/v1/operators") => parse::<OperatorAdd>(body).and_then(|p| {
+            node
                 .files
                 .operator_add(&p.line, actor)
-                .map(|r| json(node, 200, &r)),
-            Err(r) => return r,
-        },
-        ("DELETE", "/api/v1/operators") => match parse::<OperatorAdd>(node, body) {
-            Ok(p) => node
+                .map(|r| json(node, 200, &r))
+        }),
+        ("DELETE", "/api/v1/operators") => parse::<OperatorAdd>(body).and_then(|p| {
+            node
                 .files
                 .operator_remove(&p.line, actor)
-                .map(|r| json(node, 200, &r)),
-            Err(r) => return r,
-        },
+                .map(|r| json(node, 200, &r))
+        }),
         ("GET", "/api/v1/sync/ping") => Ok(json(
             node,
             200,

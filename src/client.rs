@@ -242,7 +242,10 @@ pub fn with_default_port(addr: &str) -> String {
     if addr.parse::<IpAddr>().is_ok() && addr.contains(':') {
         return format!("[{addr}]:8888");
     }
-    if addr.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    if addr
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         addr.to_string()
     } else {
         format!("{addr}:8888")
@@ -257,8 +260,8 @@ impl Portal {
     pub async fn connect(addr: &str, opts: &ClientOptions) -> Result<Self, ClientError> {
         let addr = with_default_port(addr);
         let tcp = tcp_connect(&addr, opts.bind, opts.timeout).await?;
-        let (cfg, verifier) =
-            tls::client_config(opts.ca.as_deref()).map_err(|e| ClientError::Local(e.to_string()))?;
+        let (cfg, verifier) = tls::client_config(opts.ca.as_deref())
+            .map_err(|e| ClientError::Local(e.to_string()))?;
         let host = addr
             .rsplit_once(':')
             .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))

@@ -145,7 +145,10 @@ mod tests {
         }
         let t = tail(log.path(), 2).unwrap();
         assert_eq!(t.len(), 2);
-        assert!(t[1].contains("INFO n1 config: event 4\\nsecond line"), "{t:?}");
+        assert!(
+            t[1].contains("INFO n1 config: event 4\\nsecond line"),
+            "{t:?}"
+        );
         assert!(t[0].contains("event 3"));
         assert!(tail(&d.path().join("none"), 3).unwrap().is_empty());
     }

@@ -447,7 +447,10 @@ mod tests {
         let mode = std::fs::metadata(&p).unwrap().permissions();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.mode() & 0o777, 0o600);
-        assert!(matches!(ActivationKey::create(&p), Err(KeyError::Exists(_))));
+        assert!(matches!(
+            ActivationKey::create(&p),
+            Err(KeyError::Exists(_))
+        ));
         let other = ActivationKey::from_secret(&[7u8; 32]);
         assert_ne!(other.key_id(), k.key_id());
         let mac = k.mac(b"hello");

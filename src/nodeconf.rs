@@ -203,7 +203,10 @@ impl NodeFiles {
                 std::fs::create_dir_all(&to).map_err(io(&to))?;
                 for entry in std::fs::read_dir(&policy).map_err(io(&policy))?.flatten() {
                     if entry.path().is_file() {
-                        copy(&entry.path(), &format!("policy/{}", entry.file_name().to_string_lossy()))?;
+                        copy(
+                            &entry.path(),
+                            &format!("policy/{}", entry.file_name().to_string_lossy()),
+                        )?;
                     }
                 }
             }
@@ -481,10 +484,12 @@ pub fn read_operators(path: &Path) -> Result<Vec<(PublicKey, String)>, ConfError
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(ConfError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }),
+        Err(e) => {
+            return Err(ConfError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
     };
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {

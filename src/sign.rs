@@ -62,7 +62,9 @@ pub enum SignError {
     #[error("replayed nonce: this request was already received once")]
     ReplayedNonce,
     /// Signed for an earlier boot of the node.
-    #[error("stale boot id: the request was signed for boot {theirs}, the node now runs boot {current}")]
+    #[error(
+        "stale boot id: the request was signed for boot {theirs}, the node now runs boot {current}"
+    )]
     StaleBootId {
         /// The boot id the request was signed for.
         theirs: String,
@@ -199,7 +201,10 @@ impl AuthHeader {
             sig: need("sig")?,
             mac: fields.get("mac").map(|v| v.to_string()),
             pubkey: fields.get("pub").map(|v| v.to_string()),
-            boot: fields.get("boot").map(|v| v.to_string()).unwrap_or_default(),
+            boot: fields
+                .get("boot")
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
         })
     }
 
@@ -493,7 +498,10 @@ mod tests {
     fn nonce_cache_refuses_replay_and_stale() {
         let mut n = NonceCache::default();
         n.check_fresh(1000, "a", 1000).unwrap();
-        assert_eq!(n.check_fresh(1000, "a", 1001), Err(SignError::ReplayedNonce));
+        assert_eq!(
+            n.check_fresh(1000, "a", 1001),
+            Err(SignError::ReplayedNonce)
+        );
         assert!(matches!(
             n.check_fresh(1000, "b", 1000 + MAX_SKEW_SECS + 1),
             Err(SignError::StaleTimestamp { .. })
