@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use ssq::api::Status;
 use ssq::client::{with_default_port, ClientOptions, Portal};
+use ssq::keys::ActivationKey;
 use ssq::pins::{KnownNodes, Pin};
 
 use crate::args::{LogsArgs, NodeArg, NodeCmd, RestartArgs};
@@ -24,10 +25,20 @@ pub async fn status(ctx: &Ctx, a: NodeArg) -> Result<(), Failure> {
     };
     let mut t = ctx.target(node.as_deref()).await?;
     let s = t.status().await?;
-    emit(ctx.g.output, &s, || render_status(&s))
+    // With a key file at hand, say whether the node holds the same activation key (by
+    // key id: no secret crosses the wire).
+    let key_note = match ctx.key_file() {
+        Some(path) => match ActivationKey::load(&path) {
+            Ok(k) if k.key_id() == s.key_id => format!(" (matches {})", path.display()),
+            Ok(k) => format!(" (DIFFERS from {}: {})", path.display(), k.key_id()),
+            Err(e) => format!(" (cannot compare: {e})"),
+        },
+        None => String::new(),
+    };
+    emit(ctx.g.output, &s, || render_status(&s, &key_note))
 }
 
-fn render_status(s: &Status) -> String {
+fn render_status(s: &Status, key_note: &str) -> String {
     kv(vec![
         ("node", s.node.clone()),
         ("role", s.role.clone()),
@@ -39,7 +50,7 @@ fn render_status(s: &Status) -> String {
         ("portal", s.portal.clone()),
         ("proxy", s.proxy.clone().unwrap_or_else(|| "-".into())),
         ("certificate", s.fingerprint.clone()),
-        ("activation key id", s.key_id.clone()),
+        ("activation key id", format!("{}{key_note}", s.key_id)),
         ("node key", s.node_key.clone()),
         (
             "authentication",

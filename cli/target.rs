@@ -76,6 +76,14 @@ impl Ctx {
             .unwrap_or_else(|| self.home.join("operator.key"))
     }
 
+    /// The cluster's activation key file: flag/env > inventory; none by default.
+    pub fn key_file(&self) -> Option<PathBuf> {
+        self.g
+            .key_file
+            .clone()
+            .or_else(|| self.inventory.as_ref().and_then(|i| i.key_file.clone()))
+    }
+
     fn known_nodes(&self) -> PathBuf {
         self.inventory
             .as_ref()

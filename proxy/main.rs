@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     let prepared = match daemon::prepare(&config, inherited) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("ssqd: {e:#}");
+            eprintln!("ssqd: {}", chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -47,8 +47,23 @@ fn main() -> ExitCode {
     match rt.block_on(daemon::serve(prepared)) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
-            eprintln!("ssqd: {e:#}");
+            eprintln!("ssqd: {}", chain(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes on one line, skipping a cause its parent already quotes.
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
