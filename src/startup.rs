@@ -504,6 +504,18 @@ impl StartupFile {
     }
 }
 
+impl Startup {
+    /// The address this node's outgoing connections (sync, reports) bind to, so that a
+    /// master's allow list sees this node and not 127.0.0.1: `source_address`, else the
+    /// portal's listen IP when it is a specific one, else none (the kernel chooses).
+    pub fn outgoing_bind(&self) -> Option<IpAddr> {
+        self.source_address.or_else(|| {
+            let ip = self.portal_listen.ip();
+            (!ip.is_unspecified()).then_some(ip)
+        })
+    }
+}
+
 /// Reads, parses and validates the startup file at `path`, then checks that the
 /// activation key file can be opened. Returns the params and the file's text.
 pub fn load(path: &Path) -> Result<(Startup, String), StartupError> {
@@ -551,6 +563,26 @@ pub fn restart_needed(old: &Startup, new: &Startup) -> bool {
     let mut old = old.clone();
     old.path.clone_from(&new.path);
     old != *new
+}
+
+#[cfg(test)]
+mod outgoing_tests {
+    use super::*;
+
+    fn parsed(text: &str) -> Startup {
+        let p = Path::new("/etc/ssq/startup.yaml");
+        StartupFile::parse(text, p).unwrap().validate(text, p).unwrap()
+    }
+
+    #[test]
+    fn outgoing_bind_prefers_source_address_then_portal_ip() {
+        let a = parsed("portal: { listen: \"127.0.0.7:0\" }\nsource_address: 127.0.0.9\n");
+        assert_eq!(a.outgoing_bind(), Some("127.0.0.9".parse().unwrap()));
+        let b = parsed("portal: { listen: \"127.0.0.7:0\" }\n");
+        assert_eq!(b.outgoing_bind(), Some("127.0.0.7".parse().unwrap()));
+        let c = parsed("node: x\n");
+        assert_eq!(c.outgoing_bind(), None);
+    }
 }
 
 #[cfg(test)]
