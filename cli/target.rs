@@ -18,7 +18,7 @@ use ssq::inventory::Inventory;
 use ssq::keys::SigningKey;
 use ssq::nodeconf::{Actor, NodeFiles};
 
-use crate::args::Global;
+use crate::args::{Format, Global};
 use crate::output::Failure;
 
 /// Resolved settings of one invocation.
@@ -149,11 +149,21 @@ impl Ctx {
         let opts = self.client_options(fp)?;
         let portal = Portal::connect(&address, &opts).await?;
         if let PinEvent::Pinned(fp) = &portal.pin_event {
-            eprintln!(
-                "ssq: first contact with {}: pinned its certificate {fp} in {}",
-                portal.addr(),
-                opts.known_nodes.display()
-            );
+            if self.g.output == Format::Json {
+                let notice = serde_json::json!({
+                    "notice": "first_contact_pinned",
+                    "address": portal.addr(),
+                    "fingerprint": fp,
+                    "known_nodes": opts.known_nodes,
+                });
+                eprintln!("{notice}");
+            } else {
+                eprintln!(
+                    "ssq: first contact with {}: pinned its certificate {fp} in {}",
+                    portal.addr(),
+                    opts.known_nodes.display()
+                );
+            }
         }
         Ok(Target::Remote(Conn::Portal(Box::new(portal))))
     }

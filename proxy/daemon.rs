@@ -107,12 +107,6 @@ pub fn prepare(config: &Path, mut inherited: Inherited) -> Result<Prepared> {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&s.data_dir, std::fs::Permissions::from_mode(0o700));
     }
-    let addr_file = s.data_dir.join("ssqd.addr");
-    match std::fs::remove_file(&addr_file) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(anyhow!("cannot remove {}: {e}", addr_file.display())),
-    }
     let log = ExtLog::open(&s.log_dir, &s.node)
         .with_context(|| format!("cannot open {}/extended.log", s.log_dir.display()))?;
     let activation = ActivationKey::load(&s.activation_key_file)?;
@@ -134,7 +128,15 @@ pub fn prepare(config: &Path, mut inherited: Inherited) -> Result<Prepared> {
         .unwrap_or_default();
 
     let admin_path = s.data_dir.join("admin.sock");
+    // The admin socket tells whether another ssqd runs on this data_dir; only once it
+    // is ours may the address file go (it would describe the other daemon otherwise).
     let admin = admin_socket(&mut inherited, &admin_path)?;
+    let addr_file = s.data_dir.join("ssqd.addr");
+    match std::fs::remove_file(&addr_file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow!("cannot remove {}: {e}", addr_file.display())),
+    }
     let portal = adopt_tcp(&mut inherited, "portal", s.portal_listen)?;
     let proxy = match s.role {
         Role::Master => None,
@@ -183,6 +185,27 @@ pub fn prepare(config: &Path, mut inherited: Inherited) -> Result<Prepared> {
     })
 }
 
+/// SIGTERM and SIGINT, caught from the start.
+pub struct Signals {
+    /// Drain and exit.
+    sigterm: tokio::signal::unix::Signal,
+    /// Exit now.
+    sigint: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Install the handlers (inside the runtime).
+    ///
+    /// # Errors
+    /// When the OS refuses.
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Signals {
+            sigterm: signal(SignalKind::terminate())?,
+            sigint: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// How the serve loop ended.
 enum End {
     Drain,
@@ -202,7 +225,7 @@ fn http1() -> hyper::server::conn::http1::Builder {
 ///
 /// # Errors
 /// When a listener cannot be used or the restart's re-exec fails.
-pub async fn serve(p: Prepared) -> Result<i32> {
+pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
     let Prepared {
         node,
         tls,
@@ -227,6 +250,10 @@ pub async fn serve(p: Prepared) -> Result<i32> {
         None => (None, None),
     };
 
+    let Signals {
+        mut sigterm,
+        mut sigint,
+    } = signals;
     let ready = serde_json::json!({
         "pid": std::process::id(),
         "node": node.files.startup.node,
@@ -251,8 +278,6 @@ pub async fn serve(p: Prepared) -> Result<i32> {
         ),
     );
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let graceful = GracefulShutdown::new();
     let my_uid = unsafe_geteuid();
     let end = loop {

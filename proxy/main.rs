@@ -27,13 +27,6 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // An absolute path keeps every relative path of the node stable across restarts.
     let config = std::fs::canonicalize(&args.config).unwrap_or(args.config);
-    let prepared = match daemon::prepare(&config, inherited) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("ssqd: {}", chain(&e));
-            return ExitCode::from(2);
-        }
-    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -44,13 +37,31 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(daemon::serve(prepared)) {
-        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        Err(e) => {
-            eprintln!("ssqd: {}", chain(&e));
-            ExitCode::from(1)
+    rt.block_on(async {
+        // Signal handlers before anything else, so a SIGTERM during start-up (or during
+        // a restart's re-exec) is handled, not fatal.
+        let signals = match daemon::Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("ssqd: cannot install signal handlers: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let prepared = match daemon::prepare(&config, inherited) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("ssqd: {}", chain(&e));
+                return ExitCode::from(2);
+            }
+        };
+        match daemon::serve(prepared, signals).await {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("ssqd: {}", chain(&e));
+                ExitCode::from(1)
+            }
         }
-    }
+    })
 }
 
 /// The error and its causes on one line, skipping a cause its parent already quotes.

@@ -182,13 +182,19 @@ pub struct StartupFile {
     pub sync: Option<SyncSection>,
 }
 
-/// A master's portal address, `HOST:PORT`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A master's portal address, `HOST:PORT` (serialized as that string).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MasterAddr {
     /// Host name or IP (IPv6 without brackets).
     pub host: String,
     /// Portal port.
     pub port: u16,
+}
+
+impl Serialize for MasterAddr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 impl fmt::Display for MasterAddr {
@@ -571,7 +577,10 @@ mod outgoing_tests {
 
     fn parsed(text: &str) -> Startup {
         let p = Path::new("/etc/ssq/startup.yaml");
-        StartupFile::parse(text, p).unwrap().validate(text, p).unwrap()
+        StartupFile::parse(text, p)
+            .unwrap()
+            .validate(text, p)
+            .unwrap()
     }
 
     #[test]

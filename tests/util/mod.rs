@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -314,9 +313,8 @@ pub fn spawn_ssqd(config: &Path) -> (Child, Receiver<String>) {
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(out).lines() {
             let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                // Nobody listens any more: keep draining.
-            }
+            // Nobody may listen any more: keep draining anyway.
+            let _ = tx.send(line);
         }
     });
     (child, rx)
@@ -360,7 +358,10 @@ impl Node {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("ssqd for {} printed no ready line within {READY:?}", files.name);
+                panic!(
+                    "ssqd for {} printed no ready line within {READY:?}",
+                    files.name
+                );
             }
         };
         let ready: Value = serde_json::from_str(&line)
@@ -416,9 +417,18 @@ impl Node {
         match wait_deadline(&mut child, Duration::from_secs(15)) {
             Some(s) => s,
             None => {
+                // What the kernel knows of its signals: a lost SIGTERM shows here.
+                let st: String = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("State") || l.starts_with("Sig") || l.starts_with("ShdPnd")
+                    })
+                    .map(|l| format!("{l}\n"))
+                    .collect();
                 signal(child.id(), libc::SIGKILL);
                 let _ = child.wait();
-                panic!("ssqd did not exit within 15 s of SIGTERM");
+                panic!("ssqd did not exit within 15 s of SIGTERM\n{st}");
             }
         }
     }
@@ -446,6 +456,9 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
             signal(child.id(), libc::SIGTERM);
             if wait_deadline(&mut child, Duration::from_secs(5)).is_none() {
                 signal(child.id(), libc::SIGKILL);
@@ -486,7 +499,10 @@ pub fn ssqd_until_exit(config: &Path, limit: Duration) -> (ExitStatus, Vec<Strin
         None => {
             signal(child.id(), libc::SIGKILL);
             let _ = child.wait();
-            panic!("ssqd kept running with {} (expected it to refuse to start)", config.display());
+            panic!(
+                "ssqd kept running with {} (expected it to refuse to start)",
+                config.display()
+            );
         }
     };
     let mut out = Vec::new();
@@ -579,7 +595,9 @@ impl RawConn {
             req = req.header("authorization", a);
         }
         let req = req
-            .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(body)))
+            .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+                body,
+            )))
             .expect("request");
         let send = &mut self.send;
         self.rt.block_on(async {
@@ -673,6 +691,3 @@ fn canonical<'a>(
         cert_sha256: &conn.cert_sha256,
     }
 }
-
-/// Keep `Arc` in scope for callers that share keys between threads.
-pub type Shared<T> = Arc<T>;
