@@ -67,7 +67,7 @@ fn render_status(s: &Status, key_note: &str) -> String {
                 } else {
                     format!(
                         ", sha256 {}",
-                        &s.policy.sha256[..s.policy.sha256.len().min(12)]
+                        s.policy.sha256.chars().take(12).collect::<String>()
                     )
                 }
             ),
