@@ -19,7 +19,14 @@ pub enum Format {
 
 /// ssq: drive a cluster of ssq web gateways (one master, many slaves).
 #[derive(Debug, Parser)]
-#[command(name = "ssq", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "ssq",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    args_override_self = true
+)]
 pub struct Cli {
     /// Global options.
     #[command(flatten)]
@@ -275,6 +282,9 @@ pub enum NodeCmd {
     Trust {
         /// Node name (from the inventory) or HOST:PORT.
         node: String,
+        /// Do not ask (on a terminal, ssq asks before replacing a pin).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 

@@ -66,7 +66,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     };
     // One overall limit, a little above the per-call limit so a call's own timeout
     // (with its clearer message) fires first.
-    match tokio::time::timeout(deadline + std::time::Duration::from_secs(2), work).await {
+    match tokio::time::timeout(
+        deadline.saturating_add(std::time::Duration::from_secs(2)),
+        work,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(_) => Err(Failure::new(
             3,

@@ -173,7 +173,7 @@ pub async fn logs(ctx: &Ctx, a: LogsArgs) -> Result<(), Failure> {
 /// # Errors
 /// As the connection.
 pub async fn node(ctx: &Ctx, cmd: NodeCmd) -> Result<(), Failure> {
-    let NodeCmd::Trust { node } = cmd;
+    let NodeCmd::Trust { node, yes } = cmd;
     let (address, _) = match ctx.inventory.as_ref().and_then(|i| i.find(&node)) {
         Some(e) => (e.address.clone(), e.fingerprint.clone()),
         None => (node.clone(), None),
@@ -183,17 +183,28 @@ pub async fn node(ctx: &Ctx, cmd: NodeCmd) -> Result<(), Failure> {
     let known_path = base.known_nodes.clone();
     let mut known = KnownNodes::load(&known_path)?;
     let old = known.get(&address).map(|p| p.fingerprint.clone());
-    // Connect trusting whatever is presented now, then pin it.
+    // Connect accepting whatever is presented now; show it; then pin it.
     let opts = ClientOptions {
         fingerprint: None,
         strict_pins: false,
-        known_nodes: std::env::temp_dir().join(format!("ssq-trust-{}", std::process::id())),
+        trust_on_connect: true,
         ..base
     };
-    let portal = Portal::connect(&address, &opts).await;
-    let _ = std::fs::remove_file(&opts.known_nodes);
-    let portal = portal?;
+    let portal = Portal::connect(&address, &opts).await?;
     let new = portal.fingerprint.clone();
+    if old.as_ref().is_some_and(|o| *o != new)
+        && !yes
+        && std::io::stdin().is_terminal()
+        && std::io::stderr().is_terminal()
+    {
+        eprintln!(
+            "{address}\n  pinned:    {}\n  presented: {new}",
+            old.clone().unwrap_or_default()
+        );
+        if !crate::slave_cmd::ask("trust the presented certificate from now on?") {
+            return Err(Failure::new(4, "not_trusted", "the pin is unchanged"));
+        }
+    }
     known.set(Pin {
         address: address.clone(),
         fingerprint: new.clone(),

@@ -11,7 +11,8 @@ use crate::node_cmd::wait_new_boot;
 use crate::output::{emit, kv, Failure};
 use crate::target::Ctx;
 
-fn ask(question: &str) -> bool {
+/// Ask a yes/no question on the terminal (default no).
+pub fn ask(question: &str) -> bool {
     eprint!("{question} [y/N] ");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
@@ -116,7 +117,12 @@ pub async fn run(ctx: &Ctx, cmd: SlaveCmd) -> Result<(), Failure> {
             let doc = t.startup().await?;
             let path = std::path::Path::new(&doc.path);
             let file = StartupFile::parse(&doc.text, path)?;
-            let s = file.validate(&doc.text, path)?;
+            let mut s = file.validate(&doc.text, path)?;
+            // Without `node:` the name defaults to the node's host name: ask the node,
+            // not this machine (on files, this machine is the node).
+            if !t.is_offline() {
+                s.node = t.status().await?.node;
+            }
             let out = json!({"path": doc.path, "startup": s, "text": doc.text});
             emit(ctx.g.output, &out, || {
                 kv(vec![

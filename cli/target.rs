@@ -112,6 +112,7 @@ impl Ctx {
             operator_key: Some(Arc::new(key)),
             timeout: self.g.timeout,
             sender: hostname(),
+            trust_on_connect: false,
         })
     }
 

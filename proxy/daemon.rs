@@ -28,6 +28,10 @@ use crate::handover::{self, Inherited};
 use crate::node::{Command, Node};
 use crate::portal::{self, Via};
 
+/// The most portal connections open at once (operators and slaves; a proxy's client
+/// traffic never comes here).
+const MAX_PORTAL_CONNECTIONS: usize = 4096;
+
 /// How long connections get to finish on SIGTERM or restart.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -100,13 +104,18 @@ fn admin_socket(
 /// Anything that keeps the node from starting, named with the file and what to fix.
 pub fn prepare(config: &Path, mut inherited: Inherited) -> Result<Prepared> {
     let (s, _text): (Startup, String) = startup::load(config)?;
-    for dir in [&s.data_dir, &s.log_dir] {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // A data_dir that ssqd creates is private (0700); an existing one keeps its mode,
+    // since it may be a shared directory.
+    if !s.data_dir.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&s.data_dir)
+            .with_context(|| format!("cannot create {}", s.data_dir.display()))?;
     }
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&s.data_dir, std::fs::Permissions::from_mode(0o700));
-    }
+    std::fs::create_dir_all(&s.log_dir)
+        .with_context(|| format!("cannot create {}", s.log_dir.display()))?;
     let log = ExtLog::open(&s.log_dir, &s.node)
         .with_context(|| format!("cannot open {}/extended.log", s.log_dir.display()))?;
     let activation = ActivationKey::load(&s.activation_key_file)?;
@@ -279,16 +288,26 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
     );
 
     let graceful = GracefulShutdown::new();
+    let portal_slots = Arc::new(tokio::sync::Semaphore::new(MAX_PORTAL_CONNECTIONS));
     let my_uid = unsafe_geteuid();
     let end = loop {
         tokio::select! {
             r = portal_l.accept() => {
-                let Ok((tcp, peer)) = r else { continue };
+                let (tcp, peer) = match r {
+                    Ok(x) => x,
+                    Err(e) => { accept_failed(&node, "portal", &e).await; continue }
+                };
+                // A cap on portal connections: past it, new ones are closed at once.
+                let Ok(permit) = portal_slots.clone().try_acquire_owned() else {
+                    node.files.log.warn("portal", &format!("refused a connection from {peer}: {MAX_PORTAL_CONNECTIONS} portal connections open"));
+                    continue;
+                };
                 let local = tcp.local_addr().unwrap_or(node.portal_addr);
                 let node = node.clone();
                 let tls = tls.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
                         Ok(Ok(s)) => s,
                         _ => return,
@@ -299,7 +318,10 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                 });
             }
             r = admin_l.accept() => {
-                let Ok((stream, _)) = r else { continue };
+                let stream = match r {
+                    Ok((s, _)) => s,
+                    Err(e) => { accept_failed(&node, "admin socket", &e).await; continue }
+                };
                 let uid = stream.peer_cred().map(|c| c.uid()).ok();
                 match uid {
                     Some(uid) if uid == 0 || uid == my_uid => {
@@ -317,7 +339,10 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                 }
             }
             r = accept_opt(&proxy_l) => {
-                let Ok((tcp, _peer)) = r else { continue };
+                let tcp = match r {
+                    Ok((t, _)) => t,
+                    Err(e) => { accept_failed(&node, "proxy", &e).await; continue }
+                };
                 let node = node.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
@@ -351,9 +376,11 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
             let _ = std::fs::remove_file(&addr_file);
             let _ = std::fs::remove_file(&admin_path);
             let open = graceful.count();
-            let drained = tokio::time::timeout(DRAIN, graceful.shutdown())
-                .await
-                .is_ok();
+            // SIGINT during the drain still means: now.
+            let drained = tokio::select! {
+                r = tokio::time::timeout(DRAIN, graceful.shutdown()) => r.is_ok(),
+                _ = sigint.recv() => false,
+            };
             node.files.log.info(
                 "restart",
                 &format!(
@@ -369,9 +396,12 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
         }
         End::Restart => {
             let _ = std::fs::remove_file(&addr_file);
-            let drained = tokio::time::timeout(DRAIN, graceful.shutdown())
-                .await
-                .is_ok();
+            // A signal during the restart's drain wins over the restart: stop instead.
+            let drained = tokio::select! {
+                r = tokio::time::timeout(DRAIN, graceful.shutdown()) => r.is_ok(),
+                _ = sigterm.recv() => return Ok(stop_during_restart(&node, &admin_path, "SIGTERM", 0)),
+                _ = sigint.recv() => return Ok(stop_during_restart(&node, &admin_path, "SIGINT", 130)),
+            };
             node.files.log.info(
                 "restart",
                 &format!(
@@ -396,6 +426,25 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
             Err(anyhow!("restart failed: cannot re-execute ssqd: {err}"))
         }
     }
+}
+
+/// A signal arrived while a restart drained: stop instead of re-executing.
+fn stop_during_restart(node: &Node, admin_path: &Path, signal: &str, code: i32) -> i32 {
+    let _ = std::fs::remove_file(admin_path);
+    node.files.log.info(
+        "restart",
+        &format!("{signal} during a restart: ssqd stopped instead"),
+    );
+    code
+}
+
+/// Log a failed accept (e.g. out of descriptors) and pause briefly, so the loop does not
+/// spin while the condition lasts.
+async fn accept_failed(node: &Node, listener: &str, e: &std::io::Error) {
+    node.files
+        .log
+        .warn(listener, &format!("accept failed: {e}; pausing 100 ms"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 async fn accept_opt(

@@ -81,7 +81,7 @@ pub fn reexec(fds: &[(&str, &OwnedFd)]) -> std::io::Error {
         set_cloexec(fd, false);
         spec.push(format!("{name}={}", fd.as_raw_fd()));
     }
-    let exe = match std::env::current_exe() {
+    let exe = match executable() {
         Ok(p) => p,
         Err(e) => return e,
     };
@@ -93,4 +93,20 @@ pub fn reexec(fds: &[(&str, &OwnedFd)]) -> std::io::Error {
         set_cloexec(fd, true);
     }
     err
+}
+
+/// The binary to re-execute: the path this process was started from. After an upgrade
+/// replaced the file, Linux names the old inode `PATH (deleted)`; the new binary at PATH
+/// is then the one to run. If PATH is gone altogether, the running image itself.
+fn executable() -> std::io::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let text = exe.to_string_lossy();
+    if let Some(stripped) = text.strip_suffix(" (deleted)") {
+        let path = std::path::PathBuf::from(stripped);
+        if path.exists() {
+            return Ok(path);
+        }
+        return Ok(std::path::PathBuf::from("/proc/self/exe"));
+    }
+    Ok(exe)
 }

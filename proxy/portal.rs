@@ -26,6 +26,9 @@ use crate::node::{Command, Node};
 /// How a refusal names a request signed without any boot id.
 const NO_BOOT: &str = "(none)";
 
+/// How long a request body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest request body the portal reads.
 const MAX_BODY: usize = 1 << 20;
 
@@ -92,20 +95,48 @@ fn needs(path: &str) -> Access {
     }
 }
 
+/// The access restriction: None when `ip` may call an endpoint that needs `need`, else
+/// the refusal (logged). An unreadable access list refuses everyone on the portal (the
+/// admin socket stays open) without telling an unauthenticated caller why.
+fn restrict(
+    node: &Node,
+    ip: std::net::IpAddr,
+    need: Access,
+    method: &str,
+    path: &str,
+) -> Option<Resp> {
+    let access = match node.files.access() {
+        Ok(a) => a,
+        Err(e) => {
+            node.files.log.warn(
+                "access",
+                &format!("refused {method} {path} from {ip}: access list unreadable: {e}"),
+            );
+            return Some(error(
+                node,
+                503,
+                "access_list_unreadable",
+                "this node's access list cannot be read; an operator on the node can fix it through the admin socket (ssq --local)",
+            ));
+        }
+    };
+    if access.admits(ip, need) {
+        return None;
+    }
+    let name = &node.files.startup.node;
+    let msg = format!(
+        "address {ip} is not in the allow list of {name} (or its entry does not grant {need}); add it with: ssq master allow add {ip} --access {need} --node {name}"
+    );
+    node.files.log.warn(
+        "access",
+        &format!("denied {method} {path} from {ip}: {msg}"),
+    );
+    Some(error(node, 403, "address_not_allowed", &msg))
+}
+
 /// Serve one request.
 pub async fn handle(node: Arc<Node>, via: Via, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return Ok(error(
-                &node,
-                413,
-                "body_too_large",
-                "request body too large or cut off (limit 1 MiB)",
-            ))
-        }
-    };
     let path = parts.uri.path().to_string();
     let pq = parts
         .uri
@@ -113,25 +144,36 @@ pub async fn handle(node: Arc<Node>, via: Via, req: Request<Incoming>) -> Result
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| path.clone());
     let need = needs(&path);
+    // The allow list is decided on the address alone, before the body is read.
+    if let Via::Portal { peer, .. } = via {
+        if let Some(refusal) = restrict(&node, peer.ip(), need, parts.method.as_str(), &path) {
+            return Ok(refusal);
+        }
+    }
+    let body =
+        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(_)) => {
+                return Ok(error(
+                    &node,
+                    413,
+                    "body_too_large",
+                    "request body too large or cut off (limit 1 MiB)",
+                ))
+            }
+            Err(_) => {
+                return Ok(error(
+                    &node,
+                    408,
+                    "body_timeout",
+                    "the request body did not arrive in time",
+                ))
+            }
+        };
     let actor = match via {
         Via::Admin { uid } => Actor::local(&format!("admin socket (uid {uid})")),
         Via::Portal { peer, local } => {
             let ip = peer.ip();
-            let access = match node.files.access() {
-                Ok(a) => a,
-                Err(e) => return Ok(conf_error(&node, &e)),
-            };
-            if !access.admits(ip, need) {
-                let msg = format!(
-                    "address {ip} is not in the allow list of {} (or its entry does not grant {need}); add it with: ssq master allow add {ip} --access {need} --node {}",
-                    node.files.startup.node, node.files.startup.node
-                );
-                node.files.log.warn(
-                    "access",
-                    &format!("denied {} {path} from {ip}: {msg}", parts.method),
-                );
-                return Ok(error(&node, 403, "address_not_allowed", &msg));
-            }
             let authority = parts
                 .headers
                 .get(hyper::header::HOST)

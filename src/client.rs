@@ -139,6 +139,9 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// The name the CLI signs as (the host name).
     pub sender: String,
+    /// Accept whatever certificate is presented, reading and writing no pin (for
+    /// `ssq node trust`, which shows it and then pins it itself).
+    pub trust_on_connect: bool,
 }
 
 /// What happened to the pin on connect, for the CLI to tell the operator.
@@ -288,7 +291,7 @@ impl Portal {
             reason: "no certificate presented".into(),
         })?;
         let fingerprint = tls::fingerprint(&der);
-        let pin_event = if opts.ca.is_some() {
+        let pin_event = if opts.ca.is_some() || opts.trust_on_connect {
             PinEvent::Known
         } else {
             check_pin(&addr, &fingerprint, opts)?

@@ -10,6 +10,7 @@ pub mod inventory;
 pub mod keys;
 pub mod nodeconf;
 pub mod pins;
+pub mod policy;
 pub mod sign;
 pub mod startup;
 pub mod tls;

@@ -50,6 +50,9 @@ impl ConfError {
             ConfError::Startup(StartupError::RemoteEdit { .. }) => (403, "remote_edit_refused"),
             ConfError::Startup(_) => (400, "invalid_startup"),
             ConfError::Access(AccessError::LockOut { .. }) => (400, "lockout"),
+            ConfError::Access(AccessError::Read { .. } | AccessError::Write { .. }) => {
+                (500, "io_error")
+            }
             ConfError::Access(_) => (400, "invalid_access"),
             ConfError::ListenLockOut { .. } => (400, "lockout"),
             ConfError::BadInput(_) => (400, "bad_input"),
@@ -94,6 +97,36 @@ impl Actor {
     }
 }
 
+/// An exclusive lock on a node's configuration (flock on data_dir/.config.lock), held
+/// across each read-modify-write so concurrent portal requests, admin-socket calls and
+/// `ssq --local` edits never lose an update or slip past the lock-out guard. Released on
+/// drop. Every holder opens its own descriptor, so threads of one process exclude each
+/// other too; never take it twice in one call chain.
+struct ConfigLock(#[allow(dead_code)] std::fs::File);
+
+impl ConfigLock {
+    fn take(data_dir: &Path) -> Result<Self, ConfError> {
+        use std::os::fd::AsRawFd;
+        std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+        let path = data_dir.join(".config.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(ConfError::Io {
+                path,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(ConfigLock(f))
+    }
+}
+
 /// A node's configuration, found through its startup.yaml.
 #[derive(Debug)]
 pub struct NodeFiles {
@@ -116,11 +149,13 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), ConfError
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let suffix = crate::keys::random_bytes::<6>()
+        .map(|b| crate::keys::hex(&b))
+        .map_err(|e| ConfError::BadInput(e.to_string()))?;
+    let tmp = dir.join(format!(".{name}.{suffix}.tmp"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(&tmp)
         .map_err(io(&tmp))?;
@@ -225,6 +260,7 @@ impl NodeFiles {
         actor: &Actor,
         force: bool,
     ) -> Result<StartupPutResult, ConfError> {
+        let _lock = ConfigLock::take(&self.startup.data_dir)?;
         let path = &self.startup.path;
         let old_text = self.startup_text()?;
         let old = StartupFile::parse(&old_text, path)?.validate(&old_text, path)?;
@@ -239,6 +275,17 @@ impl NodeFiles {
                     new: new.portal_listen.to_string(),
                     arrived,
                 });
+            }
+        }
+        // A certificate the node could not load would keep it from starting again.
+        if let (Some(cert), Some(key)) = (&new.portal_cert, &new.portal_key) {
+            let changed = new.portal_cert != old.portal_cert || new.portal_key != old.portal_key;
+            if changed {
+                if let Err(e) = crate::tls::load_identity(cert, key) {
+                    return Err(ConfError::BadInput(format!(
+                        "portal.cert/portal.key cannot be loaded on this node ({e}); the node would not start with them"
+                    )));
+                }
             }
         }
         if old_text == text {
@@ -298,6 +345,17 @@ impl NodeFiles {
         actor: &Actor,
         force: bool,
     ) -> Result<AccessChange, ConfError> {
+        let _lock = ConfigLock::take(&self.startup.data_dir)?;
+        self.write_access_locked(new, outcome, actor, force)
+    }
+
+    fn write_access_locked(
+        &self,
+        new: AccessList,
+        outcome: &str,
+        actor: &Actor,
+        force: bool,
+    ) -> Result<AccessChange, ConfError> {
         let old = self.access()?;
         if !force {
             access::lockout(&new, actor.from)?;
@@ -337,6 +395,7 @@ impl NodeFiles {
         actor: &Actor,
         force: bool,
     ) -> Result<AccessChange, ConfError> {
+        let _lock = ConfigLock::take(&self.startup.data_dir)?;
         let mut list = self.access()?;
         let outcome = match list.add(entry) {
             AddOutcome::AlreadyPresent => {
@@ -349,7 +408,7 @@ impl NodeFiles {
             AddOutcome::Added => "added",
             AddOutcome::Updated => "updated",
         };
-        self.write_access(list, outcome, actor, force)
+        self.write_access_locked(list, outcome, actor, force)
     }
 
     /// Remove the entry for `address`.
@@ -363,6 +422,7 @@ impl NodeFiles {
         force: bool,
     ) -> Result<AccessChange, ConfError> {
         let spec: AddressSpec = address.parse()?;
+        let _lock = ConfigLock::take(&self.startup.data_dir)?;
         let mut list = self.access()?;
         if !list.remove(&spec) {
             return Ok(AccessChange {
@@ -371,7 +431,7 @@ impl NodeFiles {
                 access: list,
             });
         }
-        self.write_access(list, "removed", actor, force)
+        self.write_access_locked(list, "removed", actor, force)
     }
 
     /// Turn authentication on or off.
@@ -384,10 +444,11 @@ impl NodeFiles {
         actor: &Actor,
         force: bool,
     ) -> Result<AccessChange, ConfError> {
+        let _lock = ConfigLock::take(&self.startup.data_dir)?;
         let mut list = self.access()?;
         list.authentication = enabled;
         let outcome = if enabled { "enabled" } else { "disabled" };
-        self.write_access(list, outcome, actor, force)
+        self.write_access_locked(list, outcome, actor, force)
     }
 
     /// The operator keys this node obeys.
@@ -420,6 +481,7 @@ impl NodeFiles {
     pub fn operator_add(&self, line: &str, actor: &Actor) -> Result<OperatorChange, ConfError> {
         let (key, comment) =
             PublicKey::parse_line(line).map_err(|e| ConfError::BadInput(e.to_string()))?;
+        let _lock = ConfigLock::take(&self.startup.data_dir)?;
         let mut ops = self.operators()?;
         let outcome = if ops.iter().any(|(k, _)| *k == key) {
             "already_present"
@@ -447,6 +509,7 @@ impl NodeFiles {
             Ok((k, _)) => k.fingerprint(),
             Err(_) => which.trim().to_string(),
         };
+        let _lock = ConfigLock::take(&self.startup.data_dir)?;
         let mut ops = self.operators()?;
         let before = ops.len();
         ops.retain(|(k, _)| k.fingerprint() != target);

@@ -7,7 +7,7 @@
 //!
 //! Two credentials:
 //! - operator: `kid` is the operator key's fingerprint, `sig` its Ed25519 signature;
-//!   good for every endpoint.
+//!   good for every config endpoint (sync endpoints take a node credential).
 //! - sync (node to node): `kid` is the activation key's id, `mac` its HMAC, `sig` the
 //!   sending node's Ed25519 signature and `pub` that node's public key; good for sync
 //!   endpoints only.
@@ -360,8 +360,8 @@ impl NonceCache {
     /// # Errors
     /// `StaleTimestamp` or `ReplayedNonce`.
     pub fn check_fresh(&mut self, ts: i64, nonce: &str, now: i64) -> Result<(), SignError> {
-        let skew = ts - now;
-        if skew.abs() > MAX_SKEW_SECS {
+        let skew = ts.saturating_sub(now);
+        if ts.abs_diff(now) > MAX_SKEW_SECS.unsigned_abs() {
             return Err(SignError::StaleTimestamp { skew });
         }
         while let Some((t, _)) = self.order.front() {
@@ -507,6 +507,11 @@ mod tests {
             Err(SignError::StaleTimestamp { .. })
         ));
         n.check_fresh(1010, "c", 1010).unwrap();
+        // Extreme times are refused, never overflow.
+        assert!(matches!(
+            n.check_fresh(i64::MIN, "d", i64::MAX),
+            Err(SignError::StaleTimestamp { .. })
+        ));
         // After the window the old nonce is forgotten, but its time is then stale too.
         assert!(matches!(
             n.check_fresh(1000, "a", 2000),

@@ -225,3 +225,40 @@ fn allow_list_admits_refuses_and_local_always_works() {
     let out = env.ssq(&["--bind", "127.0.0.4", "status", "--node", &node2.portal]);
     assert_ok(&out, "127.0.0.4 after the offline edit");
 }
+
+/// Parallel edits lose nothing: through the daemon (admin socket), and on the files
+/// directly with ssqd stopped (one lock covers both).
+#[test]
+fn concurrent_allow_adds_all_land() {
+    let env = Env::new();
+    let mut node = Node::start(&env, "n-concurrent", &next_ip(), "");
+    let add_all = |files: &NodeDir, base: &str| {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (1..=12)
+                .map(|i| {
+                    let env = &env;
+                    let addr = format!("{base}.{i}");
+                    s.spawn(move || {
+                        let out = files.local(env, &["master", "allow", "add", &addr]);
+                        assert_ok(&out, &format!("allow add {addr}"));
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().expect("thread");
+            }
+        })
+    };
+    add_all(&node.files, "10.1.0");
+    node.stop();
+    add_all(&node.files, "10.2.0");
+    let list = node.files.local_json(&env, &["master", "allow", "list"]);
+    let got = entries(&list);
+    assert_eq!(got.len(), 24, "lost updates: {got:?}");
+    for base in ["10.1.0", "10.2.0"] {
+        for i in 1..=12 {
+            let a = format!("{base}.{i}");
+            assert!(got.iter().any(|(x, _)| *x == a), "{a} missing: {got:?}");
+        }
+    }
+}

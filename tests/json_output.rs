@@ -290,3 +290,22 @@ fn first_contact_failure_under_json_keeps_stderr_json() {
         );
     }
 }
+
+/// An absurd --timeout is taken as "very long", never a crash (exit 101).
+#[test]
+fn huge_timeout_does_not_crash() {
+    let env = Env::new();
+    let out = env.ssq(&[
+        "--timeout",
+        "18446744073709551615s",
+        "status",
+        "--node",
+        "127.0.0.1:1",
+    ]);
+    assert_exit(&out, 3, "status against a closed port with a huge timeout");
+    assert!(
+        stderr(&out).contains("nothing answers on 127.0.0.1:1"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -277,3 +277,47 @@ fn sigterm_right_after_the_ready_line_exits_cleanly() {
         );
     }
 }
+
+/// An upgrade replaces the binary under a running daemon; the restart then runs the new
+/// file in place (same PID and ports) instead of failing on the deleted old one.
+#[test]
+fn restart_after_the_binary_was_replaced() {
+    let env = Env::new();
+    let files = NodeDir::create(&env, "n-upgrade", &next_ip(), "");
+    let bin = env.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let exe = bin.join("ssqd");
+    std::fs::copy(env!("CARGO_BIN_EXE_ssqd"), &exe).unwrap();
+    let mut child = std::process::Command::new(&exe)
+        .arg("--config")
+        .arg(&files.config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = files.data.join("ssqd.addr");
+    let ready: Value = eventually(Duration::from_secs(10), "ssqd.addr", || {
+        std::fs::read_to_string(&addr)
+            .ok()
+            .and_then(|t| serde_json::from_str(t.trim()).ok())
+    });
+    let portal = ready["portal"].as_str().unwrap().to_string();
+    // The upgrade: a new file moved over the old path.
+    let staged = bin.join("ssqd.new");
+    std::fs::copy(env!("CARGO_BIN_EXE_ssqd"), &staged).unwrap();
+    std::fs::rename(&staged, &exe).unwrap();
+    let out = env.ssq(&["-o", "json", "restart", "--wait", "--node", &portal]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    signal(child.id(), libc::SIGTERM);
+    let status = wait_deadline(&mut child, Duration::from_secs(15));
+    assert_ok(&out, "restart --wait after the binary was replaced");
+    assert_eq!(r["pid"], child.id(), "{r}");
+    assert_eq!(r["same_pid"], true, "{r}");
+    assert_ne!(r["boot_id"], r["old_boot_id"], "{r}");
+    assert_eq!(
+        status.map(|s| s.code()),
+        Some(Some(0)),
+        "SIGTERM after the restart"
+    );
+}
