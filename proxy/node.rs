@@ -89,6 +89,8 @@ impl Node {
                 Role::Master => Some(Vec::new()),
                 _ => None,
             },
+            refused: None,
+            sync: None,
         }
     }
 }

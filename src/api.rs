@@ -73,7 +73,31 @@ pub struct Status {
     pub authentication: bool,
     /// On a master: the slaves it knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slaves: Option<Vec<serde_json::Value>>,
+    pub slaves: Option<Vec<crate::syncapi::SlaveInfo>>,
+    /// On a master: refused sync attempts by source address (bounded list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Vec<crate::syncapi::RefusedAttempt>>,
+    /// On a slave: its sync with the master.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
+}
+
+/// A slave's view of its sync.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct SyncStatus {
+    /// The master's HOST:PORT.
+    pub master: String,
+    /// connected, waiting, error, stopped.
+    pub state: String,
+    /// The last error, if the last attempt failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Last successful contact (RFC 3339 UTC), if any.
+    #[serde(default)]
+    pub last_contact: Option<String>,
+    /// The master's store id as pinned.
+    #[serde(default)]
+    pub store_id: Option<String>,
 }
 
 /// `GET /api/v1/startup`.

@@ -13,5 +13,6 @@ pub mod pins;
 pub mod policy;
 pub mod sign;
 pub mod startup;
+pub mod syncapi;
 pub mod tls;
 pub mod yamlpos;
