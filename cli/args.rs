@@ -92,7 +92,10 @@ pub enum Cmd {
     Slave(SlaveCmd),
     /// The master's access restriction (allow list) and slave membership.
     #[command(subcommand)]
-    Master(MasterCmd),
+    Master(MasterSub),
+    /// The policy on the master: apply, show, diff, history, rollback, test.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Restart a node in place (same PID and ports, new boot id), after a backup.
     Restart(RestartArgs),
     /// Show a node's status (default: the master).
@@ -169,7 +172,109 @@ pub enum SlaveCmd {
     },
 }
 
-/// `ssq master ...`.
+/// `ssq master ...`: the allow-list commands and `forget`.
+#[derive(Debug, Subcommand)]
+pub enum MasterSub {
+    /// allow, auth.
+    #[command(flatten)]
+    Access(MasterCmd),
+    /// Remove a slave from the master's list and clear its node-key pin.
+    Forget {
+        /// The slave's node name.
+        slave: String,
+        /// The master.
+        #[command(flatten)]
+        master: MasterOpt,
+    },
+}
+
+/// The master a command talks to.
+#[derive(Debug, Args)]
+pub struct MasterOpt {
+    /// The master (name or HOST:PORT; default: the inventory's).
+    #[arg(long)]
+    pub master: Option<String>,
+}
+
+/// `ssq policy ...` (talks to the master).
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Validate a policy file (here, then on the master) and store it as a new revision.
+    Apply(PolicyApplyArgs),
+    /// Print the current policy (or an older revision).
+    Show {
+        /// The revision to show (default: the current one).
+        #[arg(long)]
+        revision: Option<u64>,
+        /// The master.
+        #[command(flatten)]
+        master: MasterOpt,
+    },
+    /// Compare a policy file with the master's current policy (exit 0 same, 1 differs, 2+ error).
+    Diff {
+        /// The policy file.
+        file: PathBuf,
+        /// The master.
+        #[command(flatten)]
+        master: MasterOpt,
+    },
+    /// List the stored revisions.
+    History {
+        /// The master.
+        #[command(flatten)]
+        master: MasterOpt,
+    },
+    /// Republish an old revision's content as a new revision.
+    Rollback {
+        /// The revision whose content to republish.
+        revision: u64,
+        /// The master.
+        #[command(flatten)]
+        master: MasterOpt,
+    },
+    /// Show what the current policy decides for a request, and which rule decides it.
+    Test {
+        /// The URL (or HOST:PORT for CONNECT).
+        url: String,
+        /// The client's address (default 10.0.0.1).
+        #[arg(long)]
+        client: Option<IpAddr>,
+        /// The request method (default GET).
+        #[arg(long)]
+        method: Option<String>,
+        /// Decide as this slave would (rules naming nodes).
+        #[arg(long)]
+        slave: Option<String>,
+        /// The master.
+        #[command(flatten)]
+        master: MasterOpt,
+    },
+}
+
+/// `ssq policy apply`.
+#[derive(Debug, Args)]
+pub struct PolicyApplyArgs {
+    /// The policy file (YAML).
+    pub file: PathBuf,
+    /// Validate only (here and on the master); store nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Refuse (exit 5) unless the master's current revision is N.
+    #[arg(long, value_name = "N")]
+    pub if_revision: Option<u64>,
+    /// Return when every known slave has applied the revision (exit 5 on a rejection,
+    /// 3 at --timeout).
+    #[arg(long, conflicts_with_all = ["dry_run", "node"])]
+    pub wait: bool,
+    /// Send to this slave instead: sets only the sections in its sync.never.
+    #[arg(long, value_name = "SLAVE", conflicts_with = "master")]
+    pub node: Option<String>,
+    /// The master.
+    #[command(flatten)]
+    pub master: MasterOpt,
+}
+
+/// `ssq master allow|auth ...`.
 #[derive(Debug, Subcommand)]
 pub enum MasterCmd {
     /// Edit or list the allow list.

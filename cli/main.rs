@@ -7,9 +7,11 @@ mod access_cmd;
 mod args;
 mod key_cmd;
 mod man_cmd;
+mod master_cmd;
 mod node_cmd;
 mod operator_cmd;
 mod output;
+mod policy_cmd;
 mod slave_cmd;
 mod target;
 
@@ -17,7 +19,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, Cmd};
+use crate::args::{Cli, Cmd, MasterSub};
 use crate::output::{print_failure, Failure};
 use crate::target::Ctx;
 
@@ -42,7 +44,11 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            print_failure(&f, format);
+            // A failure with no message is an answer, already printed (`policy diff`: 1
+            // means "differs").
+            if !f.message.is_empty() {
+                print_failure(&f, format);
+            }
             ExitCode::from(u8::try_from(f.exit).unwrap_or(1))
         }
     }
@@ -55,7 +61,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         match cli.command {
             Cmd::Key(k) => key_cmd::run(&ctx, k),
             Cmd::Slave(s) => slave_cmd::run(&ctx, s).await,
-            Cmd::Master(m) => access_cmd::run(&ctx, m).await,
+            Cmd::Master(MasterSub::Access(m)) => access_cmd::run(&ctx, m).await,
+            Cmd::Master(MasterSub::Forget { slave, master }) => {
+                master_cmd::forget(&ctx, &slave, &master).await
+            }
+            Cmd::Policy(p) => policy_cmd::run(&ctx, p).await,
             Cmd::Restart(r) => node_cmd::restart(&ctx, r).await,
             Cmd::Status(n) => node_cmd::status(&ctx, n).await,
             Cmd::Logs(l) => node_cmd::logs(&ctx, l).await,

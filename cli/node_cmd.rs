@@ -10,7 +10,7 @@ use ssq::keys::ActivationKey;
 use ssq::pins::{KnownNodes, Pin};
 
 use crate::args::{LogsArgs, NodeArg, NodeCmd, RestartArgs};
-use crate::output::{emit, kv, Failure};
+use crate::output::{emit, kv, table, Failure};
 use crate::target::Ctx;
 
 /// Run `ssq status`.
@@ -39,6 +39,74 @@ pub async fn status(ctx: &Ctx, a: NodeArg) -> Result<(), Failure> {
 }
 
 fn render_status(s: &Status, key_note: &str) -> String {
+    let mut out = node_table(s, key_note);
+    if let Some(sync) = &s.sync {
+        out.push_str(&format!(
+            "\nsync with {}: {}{}{}",
+            sync.master,
+            sync.state,
+            sync.error
+                .as_ref()
+                .map(|e| format!(" (error: {e})"))
+                .unwrap_or_default(),
+            sync.last_contact
+                .as_ref()
+                .map(|t| format!(", last contact {t}"))
+                .unwrap_or_default(),
+        ));
+    }
+    if let Some(slaves) = &s.slaves {
+        let rows: Vec<Vec<String>> = slaves
+            .iter()
+            .map(|x| {
+                vec![
+                    x.name.clone(),
+                    x.state.clone(),
+                    x.revision.to_string(),
+                    x.sha256.chars().take(12).collect(),
+                    x.last_seen.clone(),
+                    x.address.clone(),
+                    x.error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        out.push_str(&format!("\nslaves ({}):\n", slaves.len()));
+        out.push_str(&table(
+            &[
+                "name",
+                "state",
+                "revision",
+                "sha256",
+                "last seen",
+                "address",
+                "error",
+            ],
+            rows,
+        ));
+    }
+    if let Some(refused) = s.refused.as_ref().filter(|r| !r.is_empty()) {
+        let rows: Vec<Vec<String>> = refused
+            .iter()
+            .map(|r| {
+                vec![
+                    r.address.clone(),
+                    r.node.clone(),
+                    r.reason.clone(),
+                    r.last.clone(),
+                    r.count.to_string(),
+                ]
+            })
+            .collect();
+        out.push_str(&format!("\nrefused sync attempts ({}):\n", refused.len()));
+        out.push_str(&table(
+            &["address", "claimed node", "reason", "last", "count"],
+            rows,
+        ));
+    }
+    out
+}
+
+fn node_table(s: &Status, key_note: &str) -> String {
     kv(vec![
         ("node", s.node.clone()),
         ("role", s.role.clone()),

@@ -17,6 +17,10 @@ use ssq::client::{Admin, ClientOptions, Conn, PinEvent, Portal};
 use ssq::inventory::Inventory;
 use ssq::keys::SigningKey;
 use ssq::nodeconf::{Actor, NodeFiles};
+use ssq::syncapi::{
+    Forgotten, PolicyApplied, PolicyApply, PolicyDoc, PolicyRollback, PolicyTest, PolicyTestResult,
+    RevisionInfo, WaitResult,
+};
 
 use crate::args::{Format, Global};
 use crate::output::Failure;
@@ -113,6 +117,7 @@ impl Ctx {
             timeout: self.g.timeout,
             sender: hostname(),
             trust_on_connect: false,
+            node_signer: None,
         })
     }
 
@@ -389,6 +394,118 @@ impl Target {
                     .await
             }
         }
+    }
+}
+
+/// `/api/v1/policy`, or `/api/v1/policy?revision=N`.
+pub fn policy_path(revision: Option<u64>) -> String {
+    match revision {
+        Some(n) => format!("/api/v1/policy?revision={n}"),
+        None => "/api/v1/policy".into(),
+    }
+}
+
+/// `/api/v1/policy/wait?revision=N&timeout=SECS`.
+pub fn wait_path(revision: u64, secs: u64) -> String {
+    format!("/api/v1/policy/wait?revision={revision}&timeout={secs}")
+}
+
+/// `/api/v1/slaves/NAME`, the name percent-encoded.
+pub fn slave_path(name: &str) -> String {
+    let mut out = String::from("/api/v1/slaves/");
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Target {
+    /// Store a policy document (or, with `local`, a slave's own sections).
+    ///
+    /// # Errors
+    /// As the call; exit 3 when ssqd is not running.
+    pub async fn policy_apply(&mut self, body: &PolicyApply) -> Result<PolicyApplied, Failure> {
+        self.call("POST", "/api/v1/policy", Some(body), "apply a policy")
+            .await
+    }
+
+    /// The current policy, or revision `revision`.
+    ///
+    /// # Errors
+    /// As the call; exit 3 when ssqd is not running.
+    pub async fn policy(&mut self, revision: Option<u64>) -> Result<PolicyDoc, Failure> {
+        self.call(
+            "GET",
+            &policy_path(revision),
+            None::<&()>,
+            "show its policy",
+        )
+        .await
+    }
+
+    /// The stored revisions.
+    ///
+    /// # Errors
+    /// As the call; exit 3 when ssqd is not running.
+    pub async fn policy_history(&mut self) -> Result<Vec<RevisionInfo>, Failure> {
+        self.call(
+            "GET",
+            "/api/v1/policy/history",
+            None::<&()>,
+            "show its policy history",
+        )
+        .await
+    }
+
+    /// Republish revision `revision`.
+    ///
+    /// # Errors
+    /// As the call; exit 3 when ssqd is not running.
+    pub async fn policy_rollback(&mut self, revision: u64) -> Result<PolicyApplied, Failure> {
+        let body = PolicyRollback { revision };
+        self.call(
+            "POST",
+            "/api/v1/policy/rollback",
+            Some(&body),
+            "roll its policy back",
+        )
+        .await
+    }
+
+    /// What the policy decides for one request.
+    ///
+    /// # Errors
+    /// As the call; exit 3 when ssqd is not running.
+    pub async fn policy_test(&mut self, body: &PolicyTest) -> Result<PolicyTestResult, Failure> {
+        self.call("POST", "/api/v1/policy/test", Some(body), "test its policy")
+            .await
+    }
+
+    /// Wait (up to `secs` on the master) for the slaves to apply `revision`.
+    ///
+    /// # Errors
+    /// As the call; exit 3 when ssqd is not running.
+    pub async fn policy_wait(&mut self, revision: u64, secs: u64) -> Result<WaitResult, Failure> {
+        self.call(
+            "GET",
+            &wait_path(revision, secs),
+            None::<&()>,
+            "wait for its slaves",
+        )
+        .await
+    }
+
+    /// Remove a slave from the master's list.
+    ///
+    /// # Errors
+    /// As the call; exit 3 when ssqd is not running.
+    pub async fn forget_slave(&mut self, name: &str) -> Result<Forgotten, Failure> {
+        self.call("DELETE", &slave_path(name), None::<&()>, "forget a slave")
+            .await
     }
 }
 

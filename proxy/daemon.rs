@@ -168,6 +168,15 @@ pub fn prepare(config: &Path, mut inherited: Inherited) -> Result<Prepared> {
         None => None,
     };
     let (tx, rx) = watch::channel(Command::Run);
+    let master = match s.role {
+        Role::Slave => None,
+        _ => Some(crate::master::Master::open(&s.data_dir)?),
+    };
+    let sync_status = ssq::api::SyncStatus {
+        master: s.master.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+        state: "starting".into(),
+        ..Default::default()
+    };
     let boot_id = hex(&random_bytes::<8>()?);
     let node = Arc::new(Node {
         files: NodeFiles::from_parts(s, log),
@@ -181,7 +190,14 @@ pub fn prepare(config: &Path, mut inherited: Inherited) -> Result<Prepared> {
         portal_addr,
         proxy_addr,
         command: tx,
+        stopping: watch::channel(false).0,
+        master,
+        active: crate::active::Slot::default(),
+        sync: Mutex::new(sync_status),
     });
+    // The last good policy is enforced before the ready line, before any talk with the
+    // master.
+    crate::slave::load_at_start(&node);
     Ok(Prepared {
         node,
         tls,
@@ -290,6 +306,9 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
     let graceful = GracefulShutdown::new();
     let portal_slots = Arc::new(tokio::sync::Semaphore::new(MAX_PORTAL_CONNECTIONS));
     let my_uid = unsafe_geteuid();
+    if node.files.startup.role == Role::Slave {
+        tokio::spawn(crate::slave::run(node.clone()));
+    }
     let end = loop {
         tokio::select! {
             r = portal_l.accept() => {
@@ -360,6 +379,8 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
             }
         }
     };
+    // Long-polls (watch, policy wait) answer at once; the sync loop ends.
+    node.stopping.send_replace(true);
     drop(portal_l);
     drop(admin_l);
     drop(proxy_l);

@@ -1,11 +1,16 @@
 //! `ssqd`: the node daemon. Parses its one flag, loads the node and serves it; the
 //! work lives in the modules below and in the `ssq` library.
 
+mod active;
+mod apierror;
 mod daemon;
 mod forward;
 mod handover;
+mod master;
 mod node;
 mod portal;
+mod slave;
+mod sync_api;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -4,12 +4,15 @@
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
-use ssq::api::{PolicyState, Status};
+use ssq::api::{PolicyState, Status, SyncStatus};
 use ssq::keys::{ActivationKey, SigningKey};
 use ssq::nodeconf::NodeFiles;
 use ssq::sign::NonceCache;
 use ssq::startup::Role;
 use tokio::sync::watch;
+
+use crate::active::Slot;
+use crate::master::Master;
 
 /// What the main loop is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +47,14 @@ pub struct Node {
     pub proxy_addr: Option<SocketAddr>,
     /// Asks the main loop to restart.
     pub command: watch::Sender<Command>,
+    /// True once the node is stopping or restarting: long-polls answer at once.
+    pub stopping: watch::Sender<bool>,
+    /// The policy store and slaves (a master), or the own store (a standalone node).
+    pub master: Option<Master>,
+    /// The policy enforced now (None: never synced).
+    pub active: Slot,
+    /// A slave's sync with its master.
+    pub sync: Mutex<SyncStatus>,
 }
 
 impl Node {
@@ -72,25 +83,76 @@ impl Node {
             key_id: self.activation.key_id().to_string(),
             node_key: self.node_key.public().fingerprint(),
             pid: std::process::id(),
-            policy: PolicyState {
-                revision: 0,
-                sha256: String::new(),
-                state: match s.role {
-                    Role::Slave => "UNSYNCED".into(),
-                    _ => "NONE".into(),
-                },
-            },
+            policy: self.policy_state(),
             authentication: self
                 .files
                 .access()
                 .map(|a| a.authentication)
                 .unwrap_or(false),
-            slaves: match s.role {
-                Role::Master => Some(Vec::new()),
+            slaves: match (&self.master, s.role) {
+                (Some(m), Role::Master) => Some(m.slave_infos()),
                 _ => None,
             },
-            refused: None,
-            sync: None,
+            refused: match (&self.master, s.role) {
+                (Some(m), Role::Master) => Some(m.refused()),
+                _ => None,
+            },
+            sync: match s.role {
+                Role::Slave => self.sync.lock().ok().map(|g| g.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl Node {
+    /// The policy state: on a slave what it enforces (UNSYNCED until the first policy;
+    /// LAST_GOOD while the master is away); on a master its latest revision (PUBLISHED);
+    /// on a standalone node what it enforces (ENFORCED).
+    fn policy_state(&self) -> PolicyState {
+        if self.files.startup.role == Role::Master {
+            return match self.master.as_ref().and_then(|m| m.latest()) {
+                Some(i) => PolicyState {
+                    revision: i.revision,
+                    sha256: i.sha256,
+                    state: "PUBLISHED".into(),
+                },
+                None => PolicyState {
+                    revision: 0,
+                    sha256: String::new(),
+                    state: "NONE".into(),
+                },
+            };
+        }
+        match self.active.get() {
+            None => PolicyState {
+                revision: 0,
+                sha256: String::new(),
+                state: if self.files.startup.role == Role::Slave {
+                    "UNSYNCED".into()
+                } else {
+                    "NONE".into()
+                },
+            },
+            Some(a) => {
+                let state = if self.files.startup.role == Role::Standalone {
+                    "ENFORCED"
+                } else if self
+                    .sync
+                    .lock()
+                    .map(|s| s.state == "connected")
+                    .unwrap_or(false)
+                {
+                    "SYNCED"
+                } else {
+                    "LAST_GOOD"
+                };
+                PolicyState {
+                    revision: a.doc.info.revision,
+                    sha256: a.doc.info.sha256.clone(),
+                    state: state.into(),
+                }
+            }
         }
     }
 }

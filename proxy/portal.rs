@@ -88,7 +88,10 @@ fn conf_error(node: &Node, e: &ConfError) -> Resp {
 
 /// Which credential an endpoint needs.
 fn needs(path: &str) -> Access {
-    if path.starts_with("/api/v1/sync/") || path.starts_with("/api/v1/reports/ingest") {
+    if matches!(
+        path,
+        "/api/v1/sync/watch" | "/api/v1/sync/ack" | "/api/v1/sync/ping" | "/api/v1/reports/ingest"
+    ) {
         Access::Sync
     } else {
         Access::Config
@@ -170,6 +173,7 @@ pub async fn handle(node: Arc<Node>, via: Via, req: Request<Incoming>) -> Result
                 ))
             }
         };
+    let mut caller = None;
     let actor = match via {
         Via::Admin { uid } => Actor::local(&format!("admin socket (uid {uid})")),
         Via::Portal { peer, local } => {
@@ -204,6 +208,10 @@ pub async fn handle(node: Arc<Node>, via: Via, req: Request<Incoming>) -> Result
                     }
                 }
                 Ok(Caller::Node { node: name, key }) => {
+                    caller = Some(Caller::Node {
+                        node: name.clone(),
+                        key,
+                    });
                     if need == Access::Config {
                         let e = SignError::SyncOnConfig;
                         node.files.log.warn(
@@ -231,12 +239,40 @@ pub async fn handle(node: Arc<Node>, via: Via, req: Request<Incoming>) -> Result
                             "portal",
                             &format!("refused {} {path} from {ip}: {e}", parts.method),
                         );
+                        // A refused sync attempt is listed by source address on a
+                        // master, never written into a known slave's state.
+                        if let (Some(m), Access::Sync) = (&node.master, need) {
+                            let claimed = parts
+                                .headers
+                                .get(hyper::header::AUTHORIZATION)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| AuthHeader::parse(v).ok())
+                                .map(|h| h.node)
+                                .unwrap_or_default();
+                            m.refuse(ip, &claimed, &e.to_string());
+                        }
                     }
                     return Ok(error(&node, e.status(), e.code(), &e.to_string()));
                 }
             }
         }
     };
+    if crate::sync_api::serves(&path) {
+        let answer = crate::sync_api::route(
+            &node,
+            parts.method.as_str(),
+            &path,
+            parts.uri.query(),
+            &body,
+            &actor,
+            caller.as_ref(),
+        )
+        .await;
+        return Ok(match answer {
+            Ok((status, value)) => json(&node, status, &value),
+            Err(e) => error(&node, e.status, e.code, &e.message),
+        });
+    }
     Ok(route(
         &node,
         &parts.method,

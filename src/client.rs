@@ -142,6 +142,17 @@ pub struct ClientOptions {
     /// Accept whatever certificate is presented, reading and writing no pin (for
     /// `ssq node trust`, which shows it and then pins it itself).
     pub trust_on_connect: bool,
+    /// Sign as a cluster node (sync endpoints) instead of as an operator.
+    pub node_signer: Option<NodeSigner>,
+}
+
+/// The sync credential: the activation key and this node's key pair.
+#[derive(Debug, Clone)]
+pub struct NodeSigner {
+    /// The cluster's activation key.
+    pub activation: crate::keys::ActivationKey,
+    /// This node's key pair.
+    pub key: Arc<SigningKey>,
 }
 
 /// What happened to the pin on connect, for the CLI to tell the operator.
@@ -372,7 +383,12 @@ impl Portal {
             .uri(path)
             .header("host", &self.addr)
             .header("content-type", "application/json");
-        if let Some(key) = &self.opts.operator_key {
+        if let Some(ns) = &self.opts.node_signer {
+            req = req.header(
+                "authorization",
+                crate::sign::sign_sync(&ns.activation, &ns.key, &c).to_value(),
+            );
+        } else if let Some(key) = &self.opts.operator_key {
             req = req.header("authorization", sign_operator(key, &c).to_value());
         }
         let req = req

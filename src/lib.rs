@@ -11,6 +11,7 @@ pub mod keys;
 pub mod nodeconf;
 pub mod pins;
 pub mod policy;
+pub mod policystore;
 pub mod sign;
 pub mod startup;
 pub mod syncapi;
