@@ -361,12 +361,29 @@ pub enum AuthCmd {
 /// `ssq restart`.
 #[derive(Debug, Args)]
 pub struct RestartArgs {
-    /// The node (name or HOST:PORT of its portal).
+    /// The node (name or HOST:PORT of its portal; with --via master, its name).
     #[arg(long)]
     pub node: Option<String>,
-    /// Wait until the node answers again with a new boot id.
+    /// Wait until the node answers again with a new boot id (with --via master: until
+    /// the slave reports the task done).
     #[arg(long)]
     pub wait: bool,
+    /// How to reach the node: its portal, or a task queued on the master (for a slave
+    /// the operator cannot reach directly).
+    #[arg(long, value_enum, default_value = "portal")]
+    pub via: Via,
+    /// The master, with --via master (default: the inventory's).
+    #[arg(long)]
+    pub master: Option<String>,
+}
+
+/// How a command reaches a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Via {
+    /// The node's portal (HTTPS).
+    Portal,
+    /// A task queued on the master, delivered on the slave's watch.
+    Master,
 }
 
 /// `ssq logs`.

@@ -9,7 +9,7 @@ use ssq::client::{with_default_port, ClientOptions, Portal};
 use ssq::keys::ActivationKey;
 use ssq::pins::{KnownNodes, Pin};
 
-use crate::args::{LogsArgs, NodeArg, NodeCmd, RestartArgs};
+use crate::args::{LogsArgs, NodeArg, NodeCmd, RestartArgs, Via};
 use crate::output::{emit, kv, table, Failure};
 use crate::target::Ctx;
 
@@ -148,6 +148,9 @@ fn node_table(s: &Status, key_note: &str) -> String {
 /// # Errors
 /// Exit 3 when the node does not come back within --timeout.
 pub async fn restart(ctx: &Ctx, a: RestartArgs) -> Result<(), Failure> {
+    if a.via == Via::Master {
+        return restart_via_master(ctx, a).await;
+    }
     let mut t = ctx.target(a.node.as_deref()).await?;
     let r = t.restart().await?;
     if !a.wait {
@@ -286,6 +289,66 @@ pub async fn node(ctx: &Ctx, cmd: NodeCmd) -> Result<(), Failure> {
                 Some(o) if *o == new => " (unchanged)".to_string(),
                 Some(o) => format!(" (was {o})"),
                 None => " (first pin)".into(),
+            }
+        )
+    })
+}
+
+/// `ssq restart --node SLAVE --via master`: a signed task queued on the master, delivered
+/// on the slave's watch; with --wait, until the slave reports it done.
+async fn restart_via_master(ctx: &Ctx, a: RestartArgs) -> Result<(), Failure> {
+    let slave = a
+        .node
+        .clone()
+        .ok_or_else(|| Failure::usage("--via master needs --node SLAVE (the slave's name)"))?;
+    let master = ctx.master_ref(a.master.as_deref())?;
+    let mut t = ctx.target(Some(&master)).await?;
+    let mut view = t.queue_task(&slave, "restart").await?;
+    if a.wait {
+        let start = Instant::now();
+        while matches!(view.state.as_str(), "queued" | "delivered") {
+            if start.elapsed() >= ctx.g.timeout {
+                return Err(Failure::new(
+                    3,
+                    "timeout",
+                    format!(
+                        "{slave} did not report the restart task within {} (state: {}); is it connected to the master? (ssq status)",
+                        humantime::format_duration(ctx.g.timeout),
+                        view.state
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            view = t.task(&view.task.id).await?;
+        }
+        match view.state.as_str() {
+            "done" => {}
+            "expired" => {
+                return Err(Failure::new(
+                    3,
+                    "task_expired",
+                    format!("the restart task for {slave} expired before the slave picked it up"),
+                ))
+            }
+            _ => {
+                return Err(Failure::new(
+                    1,
+                    "task_failed",
+                    format!(
+                        "{slave} refused the restart task: {}",
+                        view.error.clone().unwrap_or_default()
+                    ),
+                ))
+            }
+        }
+    }
+    emit(ctx.g.output, &view, || {
+        format!(
+            "restart task {} for {slave}: {}",
+            view.task.id,
+            match view.state.as_str() {
+                "done" => "done: the slave is restarting".to_string(),
+                s => format!("{s} (follow it with ssq status)"),
             }
         )
     })

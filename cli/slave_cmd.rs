@@ -50,8 +50,14 @@ pub async fn run(ctx: &Ctx, cmd: SlaveCmd) -> Result<(), Failure> {
             let file = StartupFile::parse(&doc.text, path)?;
             let old = file.master.clone();
             let old_parsed = old.as_deref().and_then(|o| o.parse::<MasterAddr>().ok());
+            // Pointing a slave at its master again (even the same one) clears the pins it
+            // keeps of the master: how an operator accepts a rebuilt master.
+            let pins = t.reset_master_pins().await?;
+            if pins.existed && ctx.g.output == crate::args::Format::Table {
+                eprintln!("ssq: cleared the slave's pins of its previous master (certificate, node key, store id)");
+            }
             if old_parsed.as_ref() == Some(&new) {
-                let out = json!({"node": node, "old": old, "new": new.to_string(), "changed": false, "restarted": false});
+                let out = json!({"node": node, "old": old, "new": new.to_string(), "changed": false, "restarted": false, "pins_cleared": pins.existed});
                 return emit(ctx.g.output, &out, || {
                     format!("the master is already {new}: {} left untouched", doc.path)
                 });
@@ -90,6 +96,7 @@ pub async fn run(ctx: &Ctx, cmd: SlaveCmd) -> Result<(), Failure> {
                 "restart_needed": r.restart_needed && restarted.is_none(),
                 "restarted": restarted.is_some(),
                 "boot_id": restarted.clone().filter(|b| !b.is_empty()),
+                "pins_cleared": pins.existed,
             });
             emit(ctx.g.output, &out, || {
                 let mut s = format!(

@@ -19,7 +19,7 @@ use ssq::keys::SigningKey;
 use ssq::nodeconf::{Actor, NodeFiles};
 use ssq::syncapi::{
     Forgotten, PolicyApplied, PolicyApply, PolicyDoc, PolicyRollback, PolicyTest, PolicyTestResult,
-    RevisionInfo, WaitResult,
+    RevisionInfo, TaskRequest, TaskView, WaitResult,
 };
 
 use crate::args::{Format, Global};
@@ -505,6 +505,56 @@ impl Target {
     /// As the call; exit 3 when ssqd is not running.
     pub async fn forget_slave(&mut self, name: &str) -> Result<Forgotten, Failure> {
         self.call("DELETE", &slave_path(name), None::<&()>, "forget a slave")
+            .await
+    }
+
+    /// Clear a slave's master pins (certificate, node key, store id).
+    ///
+    /// # Errors
+    /// As the call.
+    pub async fn reset_master_pins(&mut self) -> Result<Forgotten, Failure> {
+        match self {
+            Target::Files(f, _) => {
+                let mut existed = false;
+                for name in ["master.json", "master_known_nodes"] {
+                    let p = f.startup.data_dir.join(name);
+                    match std::fs::remove_file(&p) {
+                        Ok(()) => existed = true,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(Forgotten {
+                    name: "master pins".into(),
+                    existed,
+                })
+            }
+            _ => {
+                self.call("POST", "/api/v1/sync/reset", None::<&()>, "")
+                    .await
+            }
+        }
+    }
+
+    /// Queue a task for a slave on the master.
+    ///
+    /// # Errors
+    /// As the call.
+    pub async fn queue_task(&mut self, node: &str, kind: &str) -> Result<TaskView, Failure> {
+        let body = TaskRequest {
+            node: node.to_string(),
+            kind: kind.to_string(),
+        };
+        self.call("POST", "/api/v1/tasks", Some(&body), "queue a task")
+            .await
+    }
+
+    /// A task's state on the master.
+    ///
+    /// # Errors
+    /// As the call.
+    pub async fn task(&mut self, id: &str) -> Result<TaskView, Failure> {
+        self.call("GET", &format!("/api/v1/tasks/{id}"), None::<&()>, "")
             .await
     }
 }

@@ -14,7 +14,8 @@ use ssq::nodeconf::{write_atomic, Actor};
 use ssq::policy;
 use ssq::policystore::PolicyStore;
 use ssq::syncapi::{
-    Ack, PolicyApplied, PolicyApply, PolicyDoc, RefusedAttempt, RevisionInfo, SlaveInfo,
+    task_message, Ack, PolicyApplied, PolicyApply, PolicyDoc, RefusedAttempt, RevisionInfo,
+    SlaveInfo, Task, TaskView,
 };
 use tokio::sync::watch;
 
@@ -105,7 +106,16 @@ pub struct Master {
     pub acks: watch::Sender<u64>,
     /// data_dir/slaves.json: the pinned node keys.
     pins_path: PathBuf,
+    /// Tasks for slaves, oldest first (bounded).
+    tasks: Mutex<VecDeque<TaskView>>,
+    /// Bumped when a task is queued; wakes the watches.
+    pub task_added: watch::Sender<u64>,
 }
+
+/// How long a task may wait for its slave.
+const TASK_TTL_SECS: i64 = 120;
+/// How many tasks are remembered.
+const TASK_CAP: usize = 256;
 
 fn now_rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -141,6 +151,8 @@ impl Master {
             revision: watch::channel(latest).0,
             acks: watch::channel(0).0,
             pins_path,
+            tasks: Mutex::new(VecDeque::new()),
+            task_added: watch::channel(0).0,
         })
     }
 
@@ -417,6 +429,112 @@ impl Master {
             .lock()
             .map(|l| l.iter().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+impl Master {
+    /// Queue a signed task for a known slave.
+    ///
+    /// # Errors
+    /// 404 for a slave the master does not know; 400 for an unknown kind.
+    pub fn queue_task(
+        &self,
+        node: &str,
+        kind: &str,
+        key: &ssq::keys::SigningKey,
+    ) -> Result<TaskView, ApiError> {
+        if kind != "restart" {
+            return Err(ApiError::bad(
+                "unknown_task",
+                format!("unknown task {kind:?}: the tasks are: restart"),
+            ));
+        }
+        if !self.slave_names().iter().any(|n| n == node) {
+            return Err(ApiError::new(
+                404,
+                "unknown_slave",
+                format!("this master knows no slave {node} (ssq status lists the slaves it knows)"),
+            ));
+        }
+        let id = ssq::keys::random_bytes::<8>()
+            .map(|b| ssq::keys::hex(&b))
+            .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
+        let expires = ssq::sign::unix_now() + TASK_TTL_SECS;
+        let signature = key.sign(task_message(node, &id, expires).as_bytes());
+        let view = TaskView {
+            task: Task {
+                id,
+                node: node.to_string(),
+                kind: kind.to_string(),
+                expires,
+                signature,
+            },
+            state: "queued".into(),
+            error: None,
+        };
+        let mut tasks = self
+            .tasks
+            .lock()
+            .map_err(|_| ApiError::new(500, "internal", "task lock poisoned"))?;
+        tasks.push_back(view.clone());
+        while tasks.len() > TASK_CAP {
+            tasks.pop_front();
+        }
+        drop(tasks);
+        self.task_added.send_modify(|n| *n += 1);
+        Ok(view)
+    }
+
+    /// Queued, unexpired tasks for a slave; marks them delivered.
+    pub fn take_tasks(&self, node: &str) -> Vec<Task> {
+        let now = ssq::sign::unix_now();
+        let Ok(mut tasks) = self.tasks.lock() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for t in tasks
+            .iter_mut()
+            .filter(|t| t.task.node == node && t.state == "queued")
+        {
+            if t.task.expires < now {
+                t.state = "expired".into();
+            } else {
+                t.state = "delivered".into();
+                out.push(t.task.clone());
+            }
+        }
+        out
+    }
+
+    /// A slave's report on a task.
+    pub fn task_result(&self, node: &str, id: &str, ok: bool, error: Option<String>) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            if let Some(t) = tasks
+                .iter_mut()
+                .find(|t| t.task.id == id && t.task.node == node)
+            {
+                t.state = if ok { "done" } else { "failed" }.into();
+                t.error = error;
+            }
+        }
+        self.acks.send_modify(|n| *n += 1);
+    }
+
+    /// A task by id.
+    pub fn task(&self, id: &str) -> Option<TaskView> {
+        let now = ssq::sign::unix_now();
+        self.tasks
+            .lock()
+            .ok()?
+            .iter()
+            .find(|t| t.task.id == id)
+            .map(|t| {
+                let mut t = t.clone();
+                if t.state == "queued" && t.task.expires < now {
+                    t.state = "expired".into();
+                }
+                t
+            })
     }
 }
 

@@ -340,9 +340,13 @@ async fn once(
     opts: &ClientOptions,
     conn: &mut Option<Conn>,
 ) -> Result<(), SyncError> {
+    // The first watch on a new connection is answered at once (wait=0): it confirms
+    // the master, its pins and this slave's registration without a long wait.
+    let mut wait = WATCH_SECS;
     if conn.is_none() {
         let p = Portal::connect(master, opts).await.map_err(classify)?;
         *conn = Some(Conn::Portal(Box::new(p)));
+        wait = 0;
     }
     let Some(c) = conn.as_mut() else {
         return Ok(());
@@ -353,7 +357,7 @@ async fn once(
         .map(|a| (a.doc.info.revision, a.doc.info.sha256.clone()))
         .unwrap_or((0, String::new()));
     let path = format!(
-        "/api/v1/sync/watch?node={}&revision={revision}&sha256={sha}&wait={WATCH_SECS}",
+        "/api/v1/sync/watch?node={}&revision={revision}&sha256={sha}&wait={wait}",
         node.files.startup.node
     );
     let answer: WatchAnswer = c.call("GET", &path, None::<&()>).await.map_err(classify)?;
@@ -393,7 +397,72 @@ async fn once(
             .await
             .map_err(classify)?;
     }
+    for task in &answer.tasks {
+        let verdict = check_task(node, task, &answer.master_key);
+        let ack = Ack {
+            task: Some(task.id.clone()),
+            result: if verdict.is_ok() {
+                "applied"
+            } else {
+                "rejected"
+            }
+            .into(),
+            error: verdict.as_ref().err().cloned(),
+            ..ack_base(node)
+        };
+        let _: AckAnswer = c
+            .call("POST", "/api/v1/sync/ack", Some(&ack))
+            .await
+            .map_err(classify)?;
+        match verdict {
+            Ok(()) => {
+                node.files.log.info(
+                    "restart",
+                    &format!("restart task {} from the master: restarting", task.id),
+                );
+                let _ = node.command.send(crate::node::Command::Restart);
+            }
+            Err(e) => node
+                .files
+                .log
+                .warn("sync", &format!("refused task {}: {e}", task.id)),
+        }
+    }
     Ok(())
+}
+
+/// A task runs only when the master signed it for this node, it has not expired, and
+/// it has not run before (its id is recorded first, in data_dir/tasks_done).
+fn check_task(node: &Node, task: &ssq::syncapi::Task, master_key: &str) -> Result<(), String> {
+    let key = PublicKey::from_base64(master_key).map_err(|e| e.to_string())?;
+    let msg = ssq::syncapi::task_message(&task.node, &task.id, task.expires);
+    if !key.verify(msg.as_bytes(), &task.signature) {
+        return Err("the task's signature does not verify with the master's node key".into());
+    }
+    if task.node != node.files.startup.node {
+        return Err(format!("the task is for {}, not for this node", task.node));
+    }
+    if task.expires < ssq::sign::unix_now() {
+        return Err("the task has expired".into());
+    }
+    if task.kind != "restart" {
+        return Err(format!("unknown task kind {:?}", task.kind));
+    }
+    let done_path = node.files.startup.data_dir.join("tasks_done");
+    let done = std::fs::read_to_string(&done_path).unwrap_or_default();
+    if done.lines().any(|l| l.trim() == task.id) {
+        return Err("the task ran already".into());
+    }
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&done_path)
+        .and_then(|mut f| {
+            f.write_all(format!("{}\n", task.id).as_bytes())?;
+            f.sync_all()
+        })
+        .map_err(|e| format!("cannot record the task: {e}"))
 }
 
 fn ack_base(node: &Node) -> Ack {

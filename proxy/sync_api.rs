@@ -13,7 +13,7 @@ use ssq::sign::Caller;
 use ssq::startup::Role;
 use ssq::syncapi::{
     Ack, AckAnswer, Forgotten, PolicyApplied, PolicyApply, PolicyRollback, PolicyTest,
-    PolicyTestResult, WaitResult, WatchAnswer,
+    PolicyTestResult, TaskRequest, WaitResult, WatchAnswer,
 };
 
 use crate::active;
@@ -69,6 +69,7 @@ pub fn serves(path: &str) -> bool {
     path.starts_with("/api/v1/policy")
         || (path.starts_with("/api/v1/sync/") && path != "/api/v1/sync/ping")
         || path.starts_with("/api/v1/slaves/")
+        || path.starts_with("/api/v1/tasks")
 }
 
 /// Serve one policy or sync request.
@@ -146,10 +147,36 @@ pub async fn route(
             })
         }
         ("GET", "/api/v1/sync/watch") => watch(node, query, actor, caller).await,
+        ("POST", "/api/v1/tasks") => {
+            let r: TaskRequest = parse(body)?;
+            let view = master(node)?.queue_task(&r.node, &r.kind, &node.node_key)?;
+            node.files.log.info(
+                "config",
+                &format!(
+                    "task {} ({}) queued for {} by {}",
+                    view.task.id, view.task.kind, view.task.node, actor.who
+                ),
+            );
+            ok(&view)
+        }
+        ("GET", p) if p.starts_with("/api/v1/tasks/") => {
+            let id = p.trim_start_matches("/api/v1/tasks/");
+            let view = master(node)?.task(id).ok_or_else(|| {
+                ApiError::new(404, "no_such_task", format!("no task {id} on this master"))
+            })?;
+            ok(&view)
+        }
         ("POST", "/api/v1/sync/ack") => {
             let (name, from) = sync_caller(node, actor, caller)?;
             let ack: Ack = parse(body)?;
             let m = master(node)?;
+            if let Some(id) = &ack.task {
+                m.task_result(&name, id, ack.result == "applied", ack.error.clone());
+                node.files
+                    .log
+                    .info("sync", &format!("{name} reports task {id}: {}", ack.result));
+                return ok(&AckAnswer { ok: true });
+            }
             m.ack(&name, from, &ack);
             if ack.result == "applied" {
                 node.files.log.info(
@@ -473,6 +500,7 @@ async fn watch(node: &Node, query: Option<&str>, actor: &Actor, caller: Option<&
         from,
     };
     let mut revisions = m.revision.subscribe();
+    let mut task_added = m.task_added.subscribe();
     let mut stopping = node.stopping.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     let store_id = m
@@ -488,6 +516,8 @@ async fn watch(node: &Node, query: Option<&str>, actor: &Actor, caller: Option<&
     };
     loop {
         revisions.borrow_and_update();
+        task_added.borrow_and_update();
+        answer.tasks = m.take_tasks(&name);
         if let Some(doc) = m.latest_doc() {
             let (rejected, _) = m.slave_view(&name);
             if doc.info.sha256 != their_sha && rejected.as_deref() != Some(doc.info.sha256.as_str())
@@ -496,11 +526,15 @@ async fn watch(node: &Node, query: Option<&str>, actor: &Actor, caller: Option<&
                 return ok(&answer);
             }
         }
+        if !answer.tasks.is_empty() {
+            return ok(&answer);
+        }
         if *stopping.borrow() {
             return ok(&answer);
         }
         tokio::select! {
             r = revisions.changed() => if r.is_err() { return ok(&answer) },
+            r = task_added.changed() => if r.is_err() { return ok(&answer) },
             _ = tokio::time::sleep_until(deadline) => return ok(&answer),
             _ = stopping.changed() => return ok(&answer),
         }

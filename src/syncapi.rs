@@ -13,6 +13,8 @@
 //! - `POST /api/v1/sync/reset` (config, on a slave) → `Forgotten` (clears master pins)
 //! - `GET /api/v1/sync/watch?node=&revision=&sha256=&wait=SECS` (sync) → `WatchAnswer`
 //! - `POST /api/v1/sync/ack` (sync) `Ack` → `AckAnswer`
+//! - `POST /api/v1/tasks` (config, master) `TaskRequest` → `TaskView`
+//! - `GET /api/v1/tasks/ID` (config, master) → `TaskView`
 
 use std::collections::BTreeMap;
 
@@ -207,6 +209,27 @@ pub struct Task {
     pub expires: i64,
     /// Master node-key signature over `(node, id, expires)`.
     pub signature: String,
+}
+
+/// `POST /api/v1/tasks` body: queue a task for a slave.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct TaskRequest {
+    /// The slave's node name.
+    pub node: String,
+    /// `restart`.
+    pub kind: String,
+}
+
+/// A task and where it stands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct TaskView {
+    /// The task.
+    pub task: Task,
+    /// queued, delivered, done, failed, expired.
+    pub state: String,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// `GET /api/v1/sync/watch` answer.
