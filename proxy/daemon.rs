@@ -309,6 +309,23 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
     if node.files.startup.role == Role::Slave {
         tokio::spawn(crate::slave::run(node.clone()));
     }
+    let proxy = match node.proxy_addr {
+        Some(_) => {
+            let log = crate::accesslog::AccessLog::start(
+                &node.files.startup.log_dir,
+                &node.files.startup.node,
+            )
+            .with_context(|| {
+                format!(
+                    "cannot open {}/access.log",
+                    node.files.startup.log_dir.display()
+                )
+            })?;
+            Some(crate::forward::Proxy::new(node.clone(), log))
+        }
+        None => None,
+    };
+    let conns = Arc::new(crate::connlimit::ConnCounter::default());
     let end = loop {
         tokio::select! {
             r = portal_l.accept() => {
@@ -358,16 +375,46 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                 }
             }
             r = accept_opt(&proxy_l) => {
-                let tcp = match r {
-                    Ok((t, _)) => t,
+                let (tcp, peer) = match r {
+                    Ok(x) => x,
                     Err(e) => { accept_failed(&node, "proxy", &e).await; continue }
                 };
-                let node = node.clone();
+                let Some(proxy) = proxy.clone() else { continue };
+                let _ = tcp.set_nodelay(true);
+                let limits = proxy.limits();
+                let permit = conns.acquire(peer.ip(), limits.max_connections_per_client, limits.max_connections);
                 let watcher = graceful.watcher();
+                let mut stopping = node.stopping.subscribe();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| crate::forward::handle(node.clone(), req));
-                    let conn = http1().serve_connection(TokioIo::new(tcp), svc);
-                    let _ = watcher.watch(conn).await;
+                    let mut b = hyper::server::conn::http1::Builder::new();
+                    b.timer(TokioTimer::new())
+                        .header_read_timeout(limits.header_read_timeout)
+                        .max_buf_size(usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX).max(8192))
+                        .keep_alive(permit.is_ok());
+                    match permit {
+                        Ok(permit) => {
+                            // Upgradeable connections drain by hand: on stop, finish the
+                            // request in flight, then close; the permit counts as open
+                            // until then (the drain waits for the count to reach zero).
+                            drop(watcher);
+                            let svc = service_fn(move |req| proxy.clone().handle(peer, req));
+                            let conn = b.serve_connection(TokioIo::new(tcp), svc).with_upgrades();
+                            let mut conn = std::pin::pin!(conn);
+                            tokio::select! {
+                                _ = conn.as_mut() => {}
+                                _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                                    conn.as_mut().graceful_shutdown();
+                                    let _ = conn.await;
+                                }
+                            }
+                            drop(permit);
+                        }
+                        Err(which) => {
+                            let svc = service_fn(move |req| proxy.clone().over_limit(peer, which, req));
+                            let conn = b.serve_connection(TokioIo::new(tcp), svc);
+                            let _ = watcher.watch(conn).await;
+                        }
+                    }
                 });
             }
             _ = sigterm.recv() => break End::Drain,
@@ -399,7 +446,7 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
             let open = graceful.count();
             // SIGINT during the drain still means: now.
             let drained = tokio::select! {
-                r = tokio::time::timeout(DRAIN, graceful.shutdown()) => r.is_ok(),
+                r = tokio::time::timeout(DRAIN, drain(graceful, &conns)) => r.is_ok(),
                 _ = sigint.recv() => false,
             };
             node.files.log.info(
@@ -419,7 +466,7 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
             let _ = std::fs::remove_file(&addr_file);
             // A signal during the restart's drain wins over the restart: stop instead.
             let drained = tokio::select! {
-                r = tokio::time::timeout(DRAIN, graceful.shutdown()) => r.is_ok(),
+                r = tokio::time::timeout(DRAIN, drain(graceful, &conns)) => r.is_ok(),
                 _ = sigterm.recv() => return Ok(stop_during_restart(&node, &admin_path, "SIGTERM", 0)),
                 _ = sigint.recv() => return Ok(stop_during_restart(&node, &admin_path, "SIGINT", 130)),
             };
@@ -446,6 +493,15 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                 .warn("restart", &format!("re-exec failed: {err}; exiting"));
             Err(anyhow!("restart failed: cannot re-execute ssqd: {err}"))
         }
+    }
+}
+
+/// Wait until every portal and admin connection has finished, and every proxy
+/// connection has closed.
+async fn drain(graceful: GracefulShutdown, conns: &crate::connlimit::ConnCounter) {
+    graceful.shutdown().await;
+    while conns.open() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -1,34 +1,619 @@
-//! The proxy listener. Until this node holds a policy it fails closed: every request is
-//! answered 503 with a page that says why (DESIGN.md: a slave that never synced refuses
-//! traffic). The enforcing forward proxy replaces this handler.
+//! The forward proxy: each client request is checked against the active policy (client
+//! access, rules, CONNECT ports) before any DNS lookup, then forwarded through a pooled
+//! upstream client (absolute-form → origin-form, hop-by-hop headers stripped, `Via`
+//! added) or tunnelled (CONNECT). A node that has no policy refuses everything with 503
+//! (fail closed). Every request, refused or served, ends in one access record.
 
-use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use ssq::accessrecord::AccessRecord;
+use ssq::policy::{EffectiveLimits, Request as PolicyRequest, Verdict};
 
+use crate::accesslog::AccessLog;
+use crate::active::ActivePolicy;
 use crate::node::Node;
+use crate::pages;
+use crate::tracked::{ProxyBody, RecordGuard, Tracked};
 
-/// Answer one client request: 503, no policy.
-pub async fn handle(
+/// Upstream request bodies: the client's, counted.
+type UpBody = Tracked<Incoming>;
+
+/// The proxy of one node.
+pub struct Proxy {
+    /// The node (policy, names, listeners).
     node: Arc<Node>,
-    _req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let name = &node.files.startup.node;
-    let page = format!(
-        "<!doctype html><html><head><title>503 No policy</title></head><body>\
-         <h1>This gateway has no policy yet</h1>\
-         <p>ssqd on <b>{name}</b> has not received a policy, so it refuses all traffic \
-         (fail closed). Ask your administrator to check the node with \
-         <code>ssq status --node {name}</code>.</p></body></html>\n"
-    );
-    let mut r = Response::new(Full::new(Bytes::from(page)));
-    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    if let Ok(v) = "text/html; charset=utf-8".parse() {
-        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    /// Pooled upstream HTTP/1.1 client.
+    client: Client<HttpConnector, UpBody>,
+    /// The access log.
+    pub log: Arc<AccessLog>,
+    /// `Via` value: `1.1 NODE`.
+    via: HeaderValue,
+}
+
+/// Hop-by-hop headers never forwarded (RFC 9110 7.6.1, plus the proxy ones).
+const HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Remove hop-by-hop headers, including those named in Connection.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
     }
-    Ok(r)
+    for n in HOP.iter() {
+        h.remove(n);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Whether forwarding to `addr` is refused: link-local, or one of this node's own
+/// listeners (a loop).
+fn forbidden_target(addr: SocketAddr, own: &[SocketAddr]) -> Option<&'static str> {
+    let link_local = match addr.ip() {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    if link_local {
+        return Some("link-local addresses are never forwarded to");
+    }
+    let is_own = own.iter().any(|o| {
+        o.port() == addr.port()
+            && (o.ip() == addr.ip()
+                || (o.ip().is_unspecified()
+                    && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
+    });
+    if is_own {
+        return Some("that is this proxy itself (a forwarding loop)");
+    }
+    None
+}
+
+impl Proxy {
+    /// A proxy for `node` writing to `log`.
+    pub fn new(node: Arc<Node>, log: Arc<AccessLog>) -> Arc<Proxy> {
+        let limits = node
+            .active
+            .get()
+            .map(|a| *a.matcher.limits())
+            .unwrap_or_default();
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(limits.upstream_connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(http);
+        let via = HeaderValue::from_str(&format!("1.1 {}", node.files.startup.node))
+            .unwrap_or(HeaderValue::from_static("1.1 ssq"));
+        Arc::new(Proxy {
+            node,
+            client,
+            log,
+            via,
+        })
+    }
+
+    /// The limits of the active policy (defaults before the first policy).
+    pub fn limits(&self) -> EffectiveLimits {
+        self.node
+            .active
+            .get()
+            .map(|a| *a.matcher.limits())
+            .unwrap_or_default()
+    }
+
+    fn own_listeners(&self) -> Vec<SocketAddr> {
+        let mut v = vec![self.node.portal_addr];
+        v.extend(self.node.proxy_addr);
+        v
+    }
+
+    /// A page of our own, with its record.
+    fn page(&self, status: u16, html: String, guard: RecordGuard) -> Response<ProxyBody> {
+        let mut guard = guard;
+        guard.rec.status = status;
+        guard.rec.content_type = Some("text/html".into());
+        guard
+            .down
+            .store(html.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let body = Tracked::new(
+            Either::Left(Full::new(Bytes::from(html))),
+            counter,
+            Some(guard),
+        );
+        let mut r = Response::new(body);
+        *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        r.headers_mut().insert(header::VIA, self.via.clone());
+        r
+    }
+
+    /// A refusal page with a title and a sentence.
+    fn refuse(
+        &self,
+        status: u16,
+        title: &str,
+        why: &str,
+        guard: RecordGuard,
+    ) -> Response<ProxyBody> {
+        let html = pages::page(
+            status,
+            title,
+            &format!("<p>{}</p>", pages::esc(why)),
+            &self.node.files.startup.node,
+        );
+        self.page(status, html, guard)
+    }
+
+    /// Answer a request on a connection past a limit (429 per client, 503 in total).
+    pub async fn over_limit(
+        self: Arc<Self>,
+        client: SocketAddr,
+        which: crate::connlimit::Refused,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+        let rec = AccessRecord {
+            time_ms: now_ms(),
+            node: self.node.files.startup.node.clone(),
+            client: client.ip().to_string(),
+            method: req.method().as_str().to_string(),
+            url: req.uri().to_string(),
+            action: "blocked".into(),
+            rule: Some("limits".into()),
+            ..AccessRecord::default()
+        };
+        let guard = RecordGuard::new(rec, Instant::now(), self.log.clone());
+        Ok(match which {
+            crate::connlimit::Refused::PerClient => self.refuse(
+                429,
+                "Too many connections",
+                &format!("{} has too many connections open through this proxy (limits.max_connections_per_client)", client.ip()),
+                guard,
+            ),
+            crate::connlimit::Refused::Total => self.refuse(
+                503,
+                "Proxy busy",
+                "this proxy has reached its connection limit (limits.max_connections); try again shortly",
+                guard,
+            ),
+        })
+    }
+
+    /// Serve one client request.
+    pub async fn handle(
+        self: Arc<Self>,
+        client: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+        let start = Instant::now();
+        let is_connect = req.method() == Method::CONNECT;
+        let url = if is_connect {
+            req.uri()
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| req.uri().to_string())
+        } else {
+            req.uri().to_string()
+        };
+        let mut rec = AccessRecord {
+            time_ms: now_ms(),
+            node: self.node.files.startup.node.clone(),
+            client: client.ip().to_string(),
+            method: req.method().as_str().to_string(),
+            url,
+            action: "allowed".into(),
+            ..AccessRecord::default()
+        };
+        let Some(active) = self.node.active.get() else {
+            rec.action = "blocked".into();
+            let guard = RecordGuard::new(rec, start, self.log.clone());
+            let name = &self.node.files.startup.node;
+            return Ok(self.refuse(
+                503,
+                "This gateway has no policy yet",
+                &format!("{name} has not received a policy from its master, so it refuses all traffic (fail closed). Ask your administrator to check it with: ssq status --node {name}"),
+                guard,
+            ));
+        };
+        rec.revision = active.doc.info.revision;
+        let guard = RecordGuard::new(rec, start, self.log.clone());
+        Ok(self.decide_and_forward(active, client, req, guard).await)
+    }
+
+    async fn decide_and_forward(
+        &self,
+        active: Arc<ActivePolicy>,
+        client: SocketAddr,
+        req: Request<Incoming>,
+        mut guard: RecordGuard,
+    ) -> Response<ProxyBody> {
+        // Framing that two parsers could read differently is refused outright.
+        let h = req.headers();
+        if h.get_all(header::CONTENT_LENGTH).iter().count() > 1
+            || (h.contains_key(header::CONTENT_LENGTH) && h.contains_key(header::TRANSFER_ENCODING))
+        {
+            guard.rec.action = "blocked".into();
+            return self.refuse(400, "Bad request", "ambiguous message framing (Content-Length with Transfer-Encoding, or two Content-Lengths)", guard);
+        }
+        let is_connect = req.method() == Method::CONNECT;
+        let Some((host, port)) = target(req.uri(), is_connect) else {
+            guard.rec.action = "blocked".into();
+            return self.refuse(
+                400,
+                "Bad request",
+                "this is a forward proxy: send absolute-form requests (http://host/path) or CONNECT host:port",
+                guard,
+            );
+        };
+        if !is_connect && !host_agrees(req.headers(), &host, port) {
+            guard.rec.action = "blocked".into();
+            return self.refuse(
+                400,
+                "Bad request",
+                "the Host header and the request target name different hosts",
+                guard,
+            );
+        }
+        let method = req.method().as_str().to_string();
+        let url = guard.rec.url.clone();
+        let d = active.matcher.decide(&PolicyRequest {
+            client: client.ip(),
+            method: &method,
+            host: &host,
+            port,
+            url: &url,
+            connect: is_connect,
+        });
+        guard.rec.rule = d.rule.clone();
+        let node = self.node.files.startup.node.clone();
+        match d.action {
+            Verdict::Allow => {}
+            Verdict::ClientDenied => {
+                guard.rec.action = "blocked".into();
+                return self.refuse(
+                    403,
+                    "Access denied",
+                    &format!("the address {} may not use this proxy", client.ip()),
+                    guard,
+                );
+            }
+            Verdict::PortDenied => {
+                guard.rec.action = "blocked".into();
+                return self.refuse(
+                    403,
+                    "Port not allowed",
+                    &format!("CONNECT to port {port} is not allowed by the policy"),
+                    guard,
+                );
+            }
+            Verdict::Deny => {
+                guard.rec.action = "blocked".into();
+                let status = if is_connect { 403 } else { 451 };
+                let html = pages::blocked(d.rule.as_deref(), d.message.as_deref(), &url, &node);
+                return self.page(status, html, guard);
+            }
+        }
+        let limits = *active.matcher.limits();
+        drop(active);
+        let addr = match self.resolve(&host, port, &limits).await {
+            Ok(a) => a,
+            Err((status, why)) => {
+                return self.refuse(
+                    status,
+                    if status == 504 {
+                        "Gateway timeout"
+                    } else {
+                        "Bad gateway"
+                    },
+                    &why,
+                    guard,
+                );
+            }
+        };
+        guard.rec.peer = Some(addr.ip().to_string());
+        if is_connect {
+            return self.tunnel(req, addr, &limits, guard).await;
+        }
+        self.forward(req, addr, &host, &limits, guard).await
+    }
+
+    /// Resolve and check the target.
+    async fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+        limits: &EffectiveLimits,
+    ) -> Result<SocketAddr, (u16, String)> {
+        let lookup = tokio::time::timeout(
+            limits.upstream_connect_timeout,
+            tokio::net::lookup_host((host, port)),
+        )
+        .await
+        .map_err(|_| (504, format!("resolving {host} timed out")))?
+        .map_err(|e| (502, format!("cannot resolve {host}: {e}")))?;
+        let own = self.own_listeners();
+        let mut refused = None;
+        for a in lookup {
+            match forbidden_target(a, &own) {
+                None => return Ok(a),
+                Some(why) => refused = Some(format!("{host}:{port} ({a}): {why}")),
+            }
+        }
+        Err((
+            502,
+            refused.unwrap_or_else(|| format!("{host} has no address")),
+        ))
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        addr: SocketAddr,
+        host: &str,
+        limits: &EffectiveLimits,
+        guard: RecordGuard,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = req.into_parts();
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri: Uri = match format!("http://{addr}{pq}").parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return self.refuse(
+                    400,
+                    "Bad request",
+                    "the request target cannot be forwarded",
+                    guard,
+                )
+            }
+        };
+        // The Host the client named (or the target's), never the resolved address.
+        let host_value = parts
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| HeaderValue::from_str(host).ok());
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(hv) = host_value {
+            parts.headers.insert(header::HOST, hv);
+        }
+        parts.headers.append(header::VIA, self.via.clone());
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        let up = Request::from_parts(parts, Tracked::new(body, guard.up.clone(), None));
+        let wait = limits.upstream_connect_timeout + limits.idle_timeout;
+        let resp = match tokio::time::timeout(wait, self.client.request(up)).await {
+            Err(_) => {
+                return self.refuse(
+                    504,
+                    "Gateway timeout",
+                    &format!("{addr} did not answer within {} s", wait.as_secs()),
+                    guard,
+                )
+            }
+            Ok(Err(e)) => {
+                let why = if e.is_connect() {
+                    format!("cannot connect to {host} ({addr}): {}", source_text(&e))
+                } else {
+                    format!("the upstream {host} ({addr}) failed: {}", source_text(&e))
+                };
+                return self.refuse(502, "Bad gateway", &why, guard);
+            }
+            Ok(Ok(r)) => r,
+        };
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.append(header::VIA, self.via.clone());
+        let mut guard = guard;
+        guard.rec.status = parts.status.as_u16();
+        guard.rec.content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let down = guard.down.clone();
+        Response::from_parts(parts, Tracked::new(Either::Right(body), down, Some(guard)))
+    }
+
+    async fn tunnel(
+        &self,
+        req: Request<Incoming>,
+        addr: SocketAddr,
+        limits: &EffectiveLimits,
+        mut guard: RecordGuard,
+    ) -> Response<ProxyBody> {
+        let tcp = match tokio::time::timeout(
+            limits.upstream_connect_timeout,
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Err(_) => {
+                return self.refuse(
+                    504,
+                    "Gateway timeout",
+                    &format!("connecting to {addr} timed out"),
+                    guard,
+                )
+            }
+            Ok(Err(e)) => {
+                return self.refuse(
+                    502,
+                    "Bad gateway",
+                    &format!("cannot connect to {addr}: {e}"),
+                    guard,
+                )
+            }
+            Ok(Ok(t)) => t,
+        };
+        let _ = tcp.set_nodelay(true);
+        guard.rec.status = 200;
+        tokio::spawn(async move {
+            let mut tcp = tcp;
+            if let Ok(upgraded) = hyper::upgrade::on(req).await {
+                let mut client = TokioIo::new(upgraded);
+                if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut client, &mut tcp).await {
+                    guard.up.store(up, std::sync::atomic::Ordering::Relaxed);
+                    guard.down.store(down, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            drop(guard);
+        });
+        let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut r = Response::new(Tracked::new(
+            Either::Left(Full::new(Bytes::new())),
+            counter,
+            None,
+        ));
+        r.headers_mut().insert(header::VIA, self.via.clone());
+        r
+    }
+}
+
+fn source_text(e: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error;
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s = format!("{s}: {c}");
+        cur = c.source();
+    }
+    s
+}
+
+/// (host, port) of an absolute-form `http://` target or a CONNECT authority.
+fn target(uri: &Uri, connect: bool) -> Option<(String, u16)> {
+    if connect {
+        let a = uri.authority()?;
+        return Some((
+            a.host().trim_matches(['[', ']']).to_ascii_lowercase(),
+            a.port_u16()?,
+        ));
+    }
+    if uri.scheme_str() != Some("http") {
+        return None;
+    }
+    let a = uri.authority()?;
+    let host = a
+        .host()
+        .trim_matches(['[', ']'])
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    if host.is_empty() {
+        return None;
+    }
+    Some((host, a.port_u16().unwrap_or(80)))
+}
+
+/// Whether the Host header (if any) names the same host and port as the target.
+fn host_agrees(h: &HeaderMap, host: &str, port: u16) -> bool {
+    let Some(v) = h.get(header::HOST) else {
+        return true;
+    };
+    let Ok(v) = v.to_str() else {
+        return false;
+    };
+    let Ok(a) = v.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let hh = a
+        .host()
+        .trim_matches(['[', ']'])
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    hh == host && a.port_u16().unwrap_or(80) == port
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn targets_and_host_agreement() {
+        let u: Uri = "http://Example.COM:8080/x".parse().unwrap();
+        assert_eq!(target(&u, false), Some(("example.com".into(), 8080)));
+        let u: Uri = "/x".parse().unwrap();
+        assert_eq!(target(&u, false), None);
+        let u: Uri = "https://a/".parse().unwrap();
+        assert_eq!(target(&u, false), None);
+        let u: Uri = "a.b:443".parse().unwrap();
+        assert_eq!(target(&u, true), Some(("a.b".into(), 443)));
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("example.com:8080"));
+        assert!(host_agrees(&h, "example.com", 8080));
+        h.insert(header::HOST, HeaderValue::from_static("evil.com"));
+        assert!(!host_agrees(&h, "example.com", 8080));
+    }
+
+    #[test]
+    fn loops_and_link_local_are_refused() {
+        let own = [
+            "127.0.0.5:8080".parse().unwrap(),
+            "0.0.0.0:8888".parse().unwrap(),
+        ];
+        assert!(forbidden_target("169.254.169.254:80".parse().unwrap(), &own).is_some());
+        assert!(forbidden_target("[fe80::1]:80".parse().unwrap(), &own).is_some());
+        assert!(forbidden_target("127.0.0.5:8080".parse().unwrap(), &own).is_some());
+        assert!(forbidden_target("127.0.0.1:8888".parse().unwrap(), &own).is_some());
+        assert!(forbidden_target("127.0.0.1:8080".parse().unwrap(), &own).is_none());
+        assert!(forbidden_target("10.0.0.1:80".parse().unwrap(), &own).is_none());
+    }
 }

@@ -1,16 +1,20 @@
 //! `ssqd`: the node daemon. Parses its one flag, loads the node and serves it; the
 //! work lives in the modules below and in the `ssq` library.
 
+mod accesslog;
 mod active;
 mod apierror;
+mod connlimit;
 mod daemon;
 mod forward;
 mod handover;
 mod master;
 mod node;
+mod pages;
 mod portal;
 mod slave;
 mod sync_api;
+mod tracked;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

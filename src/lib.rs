@@ -3,6 +3,7 @@
 //! types and the portal client.
 
 pub mod access;
+pub mod accessrecord;
 pub mod api;
 pub mod client;
 pub mod extlog;

@@ -1,0 +1,58 @@
+//! The proxy's own pages: block page (451), refusals (403, 429, 503), upstream
+//! failures (502, 504). Small HTML, every value escaped.
+
+/// Escape text for HTML.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A page: title, then paragraphs (already escaped by the caller where needed).
+pub fn page(status: u16, title: &str, body: &str, node: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{status} {t}</title></head>\
+         <body><h1>{t}</h1>{body}<hr><p><small>ssq gateway {n}</small></p></body></html>\n",
+        t = esc(title),
+        n = esc(node)
+    )
+}
+
+/// The block page of a rule.
+pub fn blocked(rule: Option<&str>, message: Option<&str>, url: &str, node: &str) -> String {
+    let rule = rule.unwrap_or("-");
+    let msg = message.unwrap_or("This request is blocked by the gateway's policy.");
+    page(
+        451,
+        "Blocked by policy",
+        &format!(
+            "<p>{}</p><p>URL: <code>{}</code><br>Rule: <b>{}</b></p>",
+            esc(msg),
+            esc(url),
+            esc(rule)
+        ),
+        node,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_page_escapes_everything() {
+        let p = blocked(Some("r<1>"), Some("no & no"), "http://x/<script>", "n1");
+        assert!(p.contains("r&lt;1&gt;"));
+        assert!(p.contains("no &amp; no"));
+        assert!(!p.contains("<script>"));
+    }
+}

@@ -1,0 +1,104 @@
+//! The proxy's one end-of-request hook: a `RecordGuard` travels with each response (in
+//! its body, or in a tunnel's task) and writes the access record when it is dropped —
+//! after the last byte, or when the client goes away — for success and failure alike.
+//! `Tracked` is the body wrapper that counts bytes on the way.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use ssq::accessrecord::AccessRecord;
+
+use crate::accesslog::AccessLog;
+
+/// Writes its record when dropped.
+pub struct RecordGuard {
+    /// The record so far.
+    pub rec: AccessRecord,
+    /// When the request started.
+    start: Instant,
+    /// Bytes from the client.
+    pub up: Arc<AtomicU64>,
+    /// Bytes to the client.
+    pub down: Arc<AtomicU64>,
+    /// Where it goes.
+    log: Arc<AccessLog>,
+}
+
+impl RecordGuard {
+    /// A guard for a request that started at `start`.
+    pub fn new(rec: AccessRecord, start: Instant, log: Arc<AccessLog>) -> Self {
+        RecordGuard {
+            rec,
+            start,
+            up: Arc::new(AtomicU64::new(0)),
+            down: Arc::new(AtomicU64::new(0)),
+            log,
+        }
+    }
+}
+
+impl Drop for RecordGuard {
+    fn drop(&mut self) {
+        let mut rec = std::mem::take(&mut self.rec);
+        rec.bytes_up = self.up.load(Ordering::Relaxed);
+        rec.bytes_down = self.down.load(Ordering::Relaxed);
+        rec.duration_ms = self.start.elapsed().as_millis() as u64;
+        self.log.record(rec);
+    }
+}
+
+/// A body that counts the bytes of its data frames and may carry the record's guard.
+pub struct Tracked<B> {
+    /// The wrapped body.
+    inner: B,
+    /// Where the count goes.
+    counter: Arc<AtomicU64>,
+    /// Dropped with the body: the end of the request.
+    _guard: Option<RecordGuard>,
+}
+
+impl<B> Tracked<B> {
+    /// Count into `counter`; write `guard`'s record when the body is done or dropped.
+    pub fn new(inner: B, counter: Arc<AtomicU64>, guard: Option<RecordGuard>) -> Self {
+        Tracked {
+            inner,
+            counter,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &r {
+            if let Some(d) = frame.data_ref() {
+                self.counter.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the proxy answers with: a page of its own, or the upstream's body.
+pub type ProxyBody = Tracked<Either<Full<Bytes>, Incoming>>;
