@@ -398,7 +398,8 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                             // until then (the drain waits for the count to reach zero).
                             drop(watcher);
                             let svc = service_fn(move |req| proxy.clone().handle(peer, req));
-                            let conn = b.serve_connection(TokioIo::new(tcp), svc).with_upgrades();
+                            let io = crate::idle::IdleIo::new(tcp, limits.idle_timeout);
+                            let conn = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
                             let mut conn = std::pin::pin!(conn);
                             tokio::select! {
                                 _ = conn.as_mut() => {}

@@ -8,6 +8,7 @@ mod connlimit;
 mod daemon;
 mod forward;
 mod handover;
+mod idle;
 mod master;
 mod node;
 mod pages;

@@ -691,3 +691,13 @@ fn canonical<'a>(
         cert_sha256: &conn.cert_sha256,
     }
 }
+
+impl Node {
+    /// Send SIGKILL and reap the process: no drain, no clean exit (a crash or a power
+    /// cut, as far as the node's files can tell).
+    pub fn kill(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("ssqd already stopped");
+        signal(child.id(), libc::SIGKILL);
+        child.wait().expect("wait for the killed ssqd")
+    }
+}
