@@ -397,16 +397,28 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                             // request in flight, then close; the permit counts as open
                             // until then (the drain waits for the count to reach zero).
                             drop(watcher);
-                            let svc = service_fn(move |req| proxy.clone().handle(peer, req));
-                            let io = crate::idle::IdleIo::new(tcp, limits.idle_timeout);
+                            let (io, findings) = crate::framing::Framing::new(
+                                crate::idle::IdleIo::new(tcp, limits.idle_timeout),
+                            );
+                            let index = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                            let p = proxy.clone();
+                            let svc = service_fn(move |req| {
+                                let i = index.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                p.clone().handle(peer, findings.is_ambiguous(i), req)
+                            });
                             let conn = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
                             let mut conn = std::pin::pin!(conn);
-                            tokio::select! {
-                                _ = conn.as_mut() => {}
+                            let result = tokio::select! {
+                                r = conn.as_mut() => r,
                                 _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
                                     conn.as_mut().graceful_shutdown();
-                                    let _ = conn.await;
+                                    conn.await
                                 }
+                            };
+                            // A request hyper refused while parsing never reached the
+                            // handler: it still gets its record.
+                            if let Err(e) = result {
+                                proxy.parse_refused(peer, &e);
                             }
                             drop(permit);
                         }

@@ -215,10 +215,32 @@ impl Proxy {
         })
     }
 
-    /// Serve one client request.
+    /// Record a request that hyper refused while parsing it (the client got hyper's
+    /// 400 or 431): it never reached `handle`, but it is a request all the same.
+    pub fn parse_refused(&self, client: SocketAddr, e: &hyper::Error) {
+        if !(e.is_parse() || e.is_parse_too_large()) {
+            return;
+        }
+        let rec = AccessRecord {
+            time_ms: now_ms(),
+            node: self.node.files.startup.node.clone(),
+            client: client.ip().to_string(),
+            method: "-".into(),
+            url: "-".into(),
+            status: if e.is_parse_too_large() { 431 } else { 400 },
+            action: "blocked".into(),
+            rule: Some(format!("malformed request: {e}")),
+            ..AccessRecord::default()
+        };
+        self.log.record(rec);
+    }
+
+    /// Serve one client request; `ambiguous`: its head had both Content-Length and
+    /// Transfer-Encoding, or two Content-Lengths (see `framing`).
     pub async fn handle(
         self: Arc<Self>,
         client: SocketAddr,
+        ambiguous: bool,
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
         let start = Instant::now();
@@ -253,21 +275,21 @@ impl Proxy {
         };
         rec.revision = active.doc.info.revision;
         let guard = RecordGuard::new(rec, start, self.log.clone());
-        Ok(self.decide_and_forward(active, client, req, guard).await)
+        Ok(self
+            .decide_and_forward(active, client, ambiguous, req, guard)
+            .await)
     }
 
     async fn decide_and_forward(
         &self,
         active: Arc<ActivePolicy>,
         client: SocketAddr,
+        ambiguous: bool,
         req: Request<Incoming>,
         mut guard: RecordGuard,
     ) -> Response<ProxyBody> {
         // Framing that two parsers could read differently is refused outright.
-        let h = req.headers();
-        if h.get_all(header::CONTENT_LENGTH).iter().count() > 1
-            || (h.contains_key(header::CONTENT_LENGTH) && h.contains_key(header::TRANSFER_ENCODING))
-        {
+        if ambiguous {
             guard.rec.action = "blocked".into();
             return self.refuse(400, "Bad request", "ambiguous message framing (Content-Length with Transfer-Encoding, or two Content-Lengths)", guard);
         }

@@ -7,6 +7,7 @@ mod apierror;
 mod connlimit;
 mod daemon;
 mod forward;
+mod framing;
 mod handover;
 mod idle;
 mod master;

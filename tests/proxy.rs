@@ -1,0 +1,1125 @@
+//! The forward proxy end to end: a standalone `ssqd` applying its own policy, real curl
+//! (plain HTTP, HTTPS through CONNECT) and raw TCP clients writing bytes by hand, and
+//! in-process origins (a tiny HTTP/1.1 server that records what it received, a TLS
+//! origin). What issue 4 asks to see: a correct intermediary (origin-form upstream,
+//! hop-by-hop headers stripped, `Via` added), enforcement (block page 451, client access
+//! 403, CONNECT ports, a policy change applied on the next request of an open keep-alive
+//! connection, fail closed without a policy), refusals (smuggling, Host mismatch, loops,
+//! link-local, unreachable upstreams), connection limits, and one access.log line per
+//! request in Squid's native format.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use util::*;
+
+/// What the plain origin answers with.
+const ORIGIN_BODY: &str = "hello from the origin\n";
+/// What the TLS origin answers with.
+const TLS_BODY: &str = "hello over tls\n";
+/// How long a client waits for any one answer.
+const IO: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------------
+// Origins
+
+/// An in-process HTTP/1.1 origin on 127.0.0.1 (keep-alive, Content-Length bodies) that
+/// records every request head it received.
+struct Origin {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Origin {
+    fn start() -> Origin {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+        let addr = l.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let h = heads.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { continue };
+                let h = h.clone();
+                std::thread::spawn(move || serve_origin_conn(s, h));
+            }
+        });
+        Origin { addr, heads }
+    }
+
+    /// `127.0.0.1:PORT`.
+    fn hostport(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    /// The head of the (last) request whose request line names `path`.
+    fn head_for(&self, path: &str) -> Option<String> {
+        let prefix = format!(" {path} ");
+        self.heads()
+            .into_iter()
+            .rev()
+            .find(|h| h.lines().next().is_some_and(|l| l.contains(&prefix)))
+    }
+}
+
+fn serve_origin_conn(s: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut w = match s.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut r = BufReader::new(s);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line == "\r\n" || line == "\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let lower = head.to_ascii_lowercase();
+        let mut body_len = 0usize;
+        let mut chunked = false;
+        for l in lower.lines() {
+            if let Some(v) = l.strip_prefix("content-length:") {
+                body_len = v.trim().parse().unwrap_or(0);
+            }
+            if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+                chunked = true;
+            }
+        }
+        if chunked {
+            // Read chunks up to the last one (trailers are not expected).
+            loop {
+                let mut size = String::new();
+                if r.read_line(&mut size).unwrap_or(0) == 0 {
+                    return;
+                }
+                let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
+                    .unwrap_or(0);
+                let mut chunk = vec![0u8; n + 2];
+                if r.read_exact(&mut chunk).is_err() {
+                    return;
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+        } else if body_len > 0 {
+            let mut body = vec![0u8; body_len];
+            if r.read_exact(&mut body).is_err() {
+                return;
+            }
+        }
+        heads.lock().unwrap().push(head);
+        // Hop-by-hop headers of our own on the way back too: they must not reach the
+        // client either.
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+             Connection: keep-alive, X-Origin-Hop\r\nX-Origin-Hop: 1\r\nKeep-Alive: timeout=30\r\n\
+             X-Origin-Keep: 1\r\n\r\n{ORIGIN_BODY}",
+            ORIGIN_BODY.len()
+        );
+        if w.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+        if lower
+            .lines()
+            .any(|l| l.starts_with("connection:") && l.contains("close"))
+        {
+            return;
+        }
+    }
+}
+
+/// An in-process TLS origin on 127.0.0.1 (self-signed for 127.0.0.1): answers every
+/// request with `TLS_BODY` and closes. Runs on its own tokio runtime in a thread.
+fn tls_origin() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind tls origin");
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+        .expect("self-signed certificate");
+    let id = ssq::tls::Identity {
+        chain: vec![ck.cert.der().clone()],
+        key: rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()).into(),
+    };
+    let cfg = ssq::tls::server_config(&id).expect("tls server config");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let l = tokio::net::TcpListener::from_std(l).expect("tokio listener");
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            loop {
+                let Ok((tcp, _)) = l.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+                         Connection: close\r\n\r\n{TLS_BODY}",
+                        TLS_BODY.len()
+                    );
+                    let _ = tls.write_all(resp.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound, then closed).
+fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+// ---------------------------------------------------------------------------------
+// Clients
+
+/// A response read off a raw connection.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    /// (lower-case name, value).
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A raw TCP connection to the proxy: bytes written by hand, responses parsed by hand.
+struct Raw {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Raw {
+    fn connect(proxy: &str) -> Raw {
+        let s = TcpStream::connect(proxy).expect("connect to the proxy");
+        s.set_read_timeout(Some(IO)).unwrap();
+        let w = s.try_clone().unwrap();
+        Raw {
+            r: BufReader::new(s),
+            w,
+        }
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.w.local_addr().unwrap()
+    }
+
+    fn send(&mut self, bytes: &str) {
+        self.w
+            .write_all(bytes.as_bytes())
+            .expect("write to the proxy");
+    }
+
+    /// Read one response; `head_only` for a CONNECT's 2xx (no body follows).
+    fn response(&mut self, head_only: bool) -> Resp {
+        let mut line = String::new();
+        let n = self.r.read_line(&mut line).expect("read the status line");
+        assert!(n > 0, "the proxy closed the connection without an answer");
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not a status line: {line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let mut l = String::new();
+            self.r.read_line(&mut l).expect("read a header line");
+            let l = l.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (n, v) = l.split_once(':').expect("header line");
+            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+        let mut resp = Resp {
+            status,
+            headers,
+            body: String::new(),
+        };
+        if head_only || status == 204 || status == 304 {
+            return resp;
+        }
+        let mut body = Vec::new();
+        if let Some(len) = resp.header("content-length") {
+            let len: usize = len.parse().expect("content-length");
+            body.resize(len, 0);
+            self.r.read_exact(&mut body).expect("read the body");
+        } else if resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.contains("chunked"))
+        {
+            loop {
+                let mut size = String::new();
+                self.r.read_line(&mut size).expect("chunk size");
+                let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+                let mut chunk = vec![0u8; n + 2];
+                self.r.read_exact(&mut chunk).expect("chunk");
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        } else {
+            let _ = self.r.read_to_end(&mut body);
+        }
+        resp.body = String::from_utf8_lossy(&body).into_owned();
+        resp
+    }
+
+    /// Whether the proxy closed the connection (EOF within `wait`).
+    fn closed_within(&mut self, wait: Duration) -> bool {
+        self.r.get_ref().set_read_timeout(Some(wait)).unwrap();
+        let mut b = [0u8; 1];
+        let closed = matches!(self.r.read(&mut b), Ok(0));
+        self.r.get_ref().set_read_timeout(Some(IO)).unwrap();
+        closed
+    }
+}
+
+/// One raw request on a fresh connection.
+fn raw_once(proxy: &str, request: &str) -> Resp {
+    let mut c = Raw::connect(proxy);
+    c.send(request);
+    c.response(false)
+}
+
+/// What curl did.
+struct Curl {
+    /// `%{http_code}`: the final response's status (0: none).
+    code: u16,
+    /// `%{http_connect}`: the proxy's answer to CONNECT (0: none).
+    connect: u16,
+    /// Every response head curl received (`-D`), CONNECT's included.
+    headers: String,
+    body: String,
+    out: Output,
+}
+
+static CURL_N: AtomicUsize = AtomicUsize::new(0);
+
+/// `curl -sS --max-time 15 ARGS`, with heads and body captured in files under `dir`.
+fn curl(dir: &std::path::Path, args: &[&str]) -> Curl {
+    let n = CURL_N.fetch_add(1, Ordering::SeqCst);
+    let hfile: PathBuf = dir.join(format!("curl-{n}.head"));
+    let bfile: PathBuf = dir.join(format!("curl-{n}.body"));
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "15", "--noproxy", "", "-D"])
+        .arg(&hfile)
+        .arg("-o")
+        .arg(&bfile)
+        .args(["-w", "%{http_code} %{http_connect}"])
+        .args(args)
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .expect("run curl (install it: scripts/test does on Debian)");
+    let w = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut it = w.split_whitespace();
+    let code = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let connect = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    Curl {
+        code,
+        connect,
+        headers: std::fs::read_to_string(&hfile).unwrap_or_default(),
+        body: std::fs::read_to_string(&bfile).unwrap_or_default(),
+        out,
+    }
+}
+
+impl std::fmt::Debug for Curl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "curl exit {:?}, http_code {}, http_connect {}\nstderr: {}\nheads:\n{}\nbody:\n{}",
+            self.out.status.code(),
+            self.code,
+            self.connect,
+            stderr(&self.out),
+            self.headers,
+            self.body
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Nodes and policy
+
+/// A standalone node (its own master) with `policy` applied, if any.
+fn gateway(env: &Env, name: &str, policy: Option<&str>) -> Node {
+    let node = Node::start(env, name, &next_ip(), "");
+    assert!(
+        node.proxy.is_some(),
+        "a standalone node has a proxy listener"
+    );
+    if let Some(p) = policy {
+        apply(env, &node, p);
+    }
+    node
+}
+
+static POLICY_N: AtomicUsize = AtomicUsize::new(0);
+
+/// `ssq policy apply FILE --master NODE` with `text`; required to succeed.
+fn apply(env: &Env, node: &Node, text: &str) {
+    let n = POLICY_N.fetch_add(1, Ordering::SeqCst);
+    let file = env.path().join(format!("policy-{n}.yaml"));
+    std::fs::write(&file, text).unwrap();
+    let out = env.ssq(&[
+        "policy",
+        "apply",
+        file.to_str().unwrap(),
+        "--master",
+        &node.portal,
+    ]);
+    assert_ok(&out, &format!("ssq policy apply\n{text}"));
+}
+
+fn proxy_of(node: &Node) -> String {
+    node.proxy.clone().expect("proxy address")
+}
+
+/// The lines of log_dir/access.log.
+fn access_lines(node: &Node) -> Vec<String> {
+    std::fs::read_to_string(node.files.log.join("access.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Wait for an access.log line with `code` (e.g. `TCP_MISS/200`) whose URL field is
+/// `url`; the line.
+fn wait_access_line(node: &Node, code: &str, url: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = access_lines(node);
+        if let Some(l) = lines.iter().find(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() == 10 && f[3] == code && f[6] == url
+        }) {
+            return l.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access.log line with {code} for {url} within 10 s; access.log:\n{}",
+            lines.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A policy whose CONNECT ports include `tls_port` (and 443).
+fn open_policy(tls_port: u16) -> String {
+    format!(
+        "rules:\n\
+         \x20 - name: no-blocked\n\
+         \x20   domains: [blocked.example, blocked.invalid]\n\
+         \x20   action: deny\n\
+         \x20   message: \"Blocked sites are blocked here.\"\n\
+         connect: {{ ports: [443, {tls_port}] }}\n"
+    )
+}
+
+// ---------------------------------------------------------------------------------
+// Tests
+
+/// (1) Plain HTTP through the proxy: origin-form upstream, hop-by-hop headers gone both
+/// ways, end-to-end headers kept, `Via` both ways.
+#[test]
+fn plain_http_is_forwarded_as_a_correct_intermediary() {
+    let env = Env::new();
+    let origin = Origin::start();
+    let node = gateway(&env, "gw-plain", Some(&open_policy(443)));
+    let proxy = proxy_of(&node);
+
+    let c = curl(
+        env.path(),
+        &[
+            "-x",
+            &format!("http://{proxy}"),
+            "-H",
+            "Connection: close, X-Hop",
+            "-H",
+            "X-Hop: 1",
+            "-H",
+            "Keep-Alive: timeout=5",
+            "-H",
+            "Proxy-Authorization: Basic eA==",
+            "-H",
+            "TE: trailers",
+            "-H",
+            "Proxy-Connection: keep-alive",
+            "-H",
+            "X-Keep: 1",
+            &origin.url("/path?q=1"),
+        ],
+    );
+    assert_eq!(c.code, 200, "{c:?}");
+    assert_eq!(c.body, ORIGIN_BODY, "{c:?}");
+
+    let head = origin.head_for("/path?q=1").unwrap_or_else(|| {
+        panic!(
+            "the origin saw no request for /path?q=1: {:?}",
+            origin.heads()
+        )
+    });
+    let request_line = head.lines().next().unwrap();
+    assert_eq!(
+        request_line.trim_end(),
+        "GET /path?q=1 HTTP/1.1",
+        "the origin did not get an origin-form target:\n{head}"
+    );
+    let lower = head.to_ascii_lowercase();
+    let names: Vec<&str> = lower
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim()))
+        .collect();
+    for hop in [
+        "connection",
+        "x-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "proxy-connection",
+    ] {
+        assert!(
+            !names.contains(&hop),
+            "hop-by-hop header {hop} reached the origin:\n{head}"
+        );
+    }
+    assert!(
+        names.contains(&"x-keep"),
+        "the end-to-end header X-Keep did not reach the origin:\n{head}"
+    );
+    assert!(
+        lower.contains(&format!("host: {}", origin.hostport())),
+        "the origin got no Host header naming it:\n{head}"
+    );
+    let via = lower
+        .lines()
+        .find(|l| l.starts_with("via:"))
+        .unwrap_or_else(|| panic!("no Via header reached the origin:\n{head}"));
+    assert!(
+        via.contains("gw-plain"),
+        "the Via header does not name the node: {via}"
+    );
+
+    // The response: Via added, the origin's hop-by-hop headers gone, its others kept.
+    let rh = c.headers.to_ascii_lowercase();
+    assert!(
+        rh.lines()
+            .any(|l| l.starts_with("via:") && l.contains("gw-plain")),
+        "the response carries no Via naming the node:\n{}",
+        c.headers
+    );
+    assert!(
+        rh.contains("x-origin-keep: 1"),
+        "an end-to-end response header was lost:\n{}",
+        c.headers
+    );
+    assert!(
+        !rh.contains("x-origin-hop") && !rh.contains("keep-alive: timeout=30"),
+        "the origin's hop-by-hop headers reached the client:\n{}",
+        c.headers
+    );
+}
+
+/// (2) HTTPS through CONNECT to an in-process TLS origin, with real curl.
+#[test]
+fn https_through_connect_reaches_a_tls_origin() {
+    let env = Env::new();
+    let tls = tls_origin();
+    let node = gateway(&env, "gw-tls", Some(&open_policy(tls.port())));
+    let proxy = proxy_of(&node);
+    let c = curl(
+        env.path(),
+        &[
+            "-k",
+            "-p",
+            "-x",
+            &format!("http://{proxy}"),
+            &format!("https://{tls}/secure"),
+        ],
+    );
+    assert!(c.out.status.success(), "{c:?}");
+    assert_eq!(c.connect, 200, "CONNECT was not answered 200: {c:?}");
+    assert_eq!(c.code, 200, "{c:?}");
+    assert_eq!(c.body, TLS_BODY, "{c:?}");
+}
+
+/// (3) A rule denying a domain: 451 and the block page naming the rule and its
+/// message; a blocked name that does not resolve is still blocked (before DNS).
+#[test]
+fn blocked_domain_gets_451_and_the_block_page() {
+    let env = Env::new();
+    let node = gateway(&env, "gw-block", Some(&open_policy(443)));
+    let proxy = format!("http://{}", proxy_of(&node));
+    for url in [
+        "http://blocked.example/some/page",
+        "http://www.blocked.example/",
+        "http://blocked.invalid/x",
+    ] {
+        let c = curl(env.path(), &["-x", &proxy, url]);
+        assert_eq!(c.code, 451, "{url}: {c:?}");
+        assert!(
+            c.body.contains("no-blocked"),
+            "{url}: the block page does not name the rule: {c:?}"
+        );
+        assert!(
+            c.body.contains("Blocked sites are blocked here."),
+            "{url}: the block page does not show the rule's message: {c:?}"
+        );
+        assert!(
+            c.headers.to_ascii_lowercase().contains("text/html"),
+            "{url}: the block page is not HTML: {c:?}"
+        );
+    }
+}
+
+/// (4) The `access` section: a client outside it gets 403, one inside is served.
+#[test]
+fn client_outside_access_gets_403() {
+    let env = Env::new();
+    let origin = Origin::start();
+    let node = gateway(
+        &env,
+        "gw-access",
+        Some("access: { default: deny, allow: [{ clients: [127.0.0.99/32] }] }\n"),
+    );
+    let proxy = format!("http://{}", proxy_of(&node));
+    let url = origin.url("/access");
+    let outside = curl(
+        env.path(),
+        &["--interface", "127.0.0.1", "-x", &proxy, &url],
+    );
+    assert_eq!(outside.code, 403, "from 127.0.0.1: {outside:?}");
+    assert!(
+        outside.body.contains("127.0.0.1"),
+        "the 403 page does not name the refused address: {outside:?}"
+    );
+    assert!(
+        origin.head_for("/access").is_none(),
+        "a refused client's request reached the origin"
+    );
+    let inside = curl(
+        env.path(),
+        &["--interface", "127.0.0.99", "-x", &proxy, &url],
+    );
+    assert_eq!(inside.code, 200, "from 127.0.0.99: {inside:?}");
+    assert_eq!(inside.body, ORIGIN_BODY, "{inside:?}");
+}
+
+/// (5) CONNECT to port 25 is refused (default ports: 443 only).
+#[test]
+fn connect_to_port_25_is_refused() {
+    let env = Env::new();
+    let node = gateway(&env, "gw-port", Some("rules: []\n"));
+    let proxy = proxy_of(&node);
+    // Something listening on a port the test owns would be reachable if the proxy let
+    // it through; port 25 itself most likely has nothing, so the status tells.
+    let c = curl(
+        env.path(),
+        &[
+            "-p",
+            "-x",
+            &format!("http://{proxy}"),
+            "http://127.0.0.1:25/",
+        ],
+    );
+    assert!(
+        !c.out.status.success(),
+        "curl -p to port 25 succeeded: {c:?}"
+    );
+    assert_eq!(c.connect, 403, "CONNECT to port 25: {c:?}");
+
+    let mut raw = Raw::connect(&proxy);
+    raw.send("CONNECT 127.0.0.1:25 HTTP/1.1\r\nHost: 127.0.0.1:25\r\n\r\n");
+    let r = raw.response(false);
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.body.contains("25"),
+        "the 403 page does not name the port: {r:?}"
+    );
+}
+
+/// (6) A policy change applies to the next request of a keep-alive connection that
+/// stays open.
+#[test]
+fn policy_change_applies_on_an_open_keep_alive_connection() {
+    let env = Env::new();
+    let origin = Origin::start();
+    let node = gateway(&env, "gw-live", Some("rules: []\n"));
+    let proxy = proxy_of(&node);
+    let host = origin.hostport();
+
+    let mut conn = Raw::connect(&proxy);
+    let local = conn.local_addr();
+    let req = |path: &str| {
+        format!("GET http://{host}{path} HTTP/1.1\r\nHost: {host}\r\nX-Req: {path}\r\n\r\n")
+    };
+    conn.send(&req("/first"));
+    let r1 = conn.response(false);
+    assert_eq!(r1.status, 200, "{r1:?}");
+    assert_eq!(r1.body, ORIGIN_BODY);
+    assert!(
+        !r1.header("connection").is_some_and(|v| v.contains("close")),
+        "the proxy asked to close a keep-alive connection: {r1:?}"
+    );
+
+    apply(
+        &env,
+        &node,
+        "rules:\n  - name: no-origin\n    domains: [\"127.0.0.1\"]\n    action: deny\n    message: now blocked\n",
+    );
+
+    // The same socket: not closed by the policy change.
+    assert!(
+        !conn.closed_within(Duration::from_millis(200)),
+        "the proxy closed the keep-alive connection on a policy change"
+    );
+    assert_eq!(conn.local_addr(), local);
+    conn.send(&req("/second"));
+    let r2 = conn.response(false);
+    assert_eq!(
+        r2.status, 451,
+        "the new policy was not enforced on the open connection: {r2:?}"
+    );
+    assert!(r2.body.contains("no-origin"), "{r2:?}");
+    assert!(
+        origin.head_for("/second").is_none(),
+        "the blocked request reached the origin"
+    );
+    // And still usable after the refusal.
+    conn.send(&req("/third"));
+    let r3 = conn.response(false);
+    assert_eq!(r3.status, 451, "{r3:?}");
+}
+
+/// (7) Request smuggling: Content-Length with Transfer-Encoding, or two different
+/// Content-Lengths, is refused with 400 and nothing reaches the origin.
+#[test]
+fn smuggling_attempts_are_refused() {
+    let env = Env::new();
+    let origin = Origin::start();
+    let node = gateway(&env, "gw-smuggle", Some("rules: []\n"));
+    let proxy = proxy_of(&node);
+    let host = origin.hostport();
+
+    let cases = [
+        (
+            "Content-Length then Transfer-Encoding",
+            format!(
+                "POST http://{host}/smuggle-cl-te HTTP/1.1\r\nHost: {host}\r\n\
+                 Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "Transfer-Encoding then Content-Length",
+            format!(
+                "POST http://{host}/smuggle-te-cl HTTP/1.1\r\nHost: {host}\r\n\
+                 Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "two different Content-Lengths",
+            format!(
+                "POST http://{host}/smuggle-cl-cl HTTP/1.1\r\nHost: {host}\r\n\
+                 Content-Length: 3\r\nContent-Length: 5\r\n\r\nabcde"
+            ),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, req) in &cases {
+        let r = raw_once(&proxy, req);
+        if r.status != 400 {
+            failures.push(format!(
+                "{what}: answered {} instead of 400: {r:?}",
+                r.status
+            ));
+        }
+    }
+    // Wait a moment for anything that might still be on its way upstream.
+    std::thread::sleep(Duration::from_millis(200));
+    let heads = origin.heads();
+    if !heads.is_empty() {
+        failures.push(format!(
+            "the origin received smuggling attempts: {heads:#?}"
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// (8) A node that never got a policy refuses traffic with 503 and a page saying so.
+#[test]
+fn node_without_policy_fails_closed_with_503() {
+    let env = Env::new();
+    let origin = Origin::start();
+    let node = gateway(&env, "gw-fresh", None);
+    let c = curl(
+        env.path(),
+        &[
+            "-x",
+            &format!("http://{}", proxy_of(&node)),
+            &origin.url("/fresh"),
+        ],
+    );
+    assert_eq!(c.code, 503, "{c:?}");
+    assert!(
+        c.body.to_ascii_lowercase().contains("no policy"),
+        "the 503 page does not say the node has no policy: {c:?}"
+    );
+    assert!(origin.heads().is_empty(), "a request reached the origin");
+}
+
+/// (9) Unreachable upstreams: a closed port, and a name that does not resolve (and is
+/// not blocked), both get 502 with a reason.
+#[test]
+fn unreachable_upstreams_get_502_with_a_reason() {
+    let env = Env::new();
+    let node = gateway(&env, "gw-502", Some("rules: []\n"));
+    let proxy = format!("http://{}", proxy_of(&node));
+    let port = closed_port();
+    let c = curl(
+        env.path(),
+        &["-x", &proxy, &format!("http://127.0.0.1:{port}/x")],
+    );
+    assert_eq!(c.code, 502, "closed port: {c:?}");
+    assert!(
+        c.body.contains(&port.to_string()) && c.body.to_ascii_lowercase().contains("connect"),
+        "the 502 page for a closed port gives no reason: {c:?}"
+    );
+    let c = curl(env.path(), &["-x", &proxy, "http://no-such-host.invalid/"]);
+    assert_eq!(c.code, 502, "unresolvable name: {c:?}");
+    assert!(
+        c.body.contains("no-such-host.invalid") && c.body.to_ascii_lowercase().contains("resolve"),
+        "the 502 page for an unresolvable name gives no reason: {c:?}"
+    );
+}
+
+/// (10) A Host header that disagrees with the absolute target is refused (400).
+#[test]
+fn host_header_disagreeing_with_the_target_is_refused() {
+    let env = Env::new();
+    let origin = Origin::start();
+    let node = gateway(&env, "gw-host", Some("rules: []\n"));
+    let proxy = proxy_of(&node);
+    let host = origin.hostport();
+    let r = raw_once(
+        &proxy,
+        &format!("GET http://{host}/host HTTP/1.1\r\nHost: evil.example\r\n\r\n"),
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        r.body.contains("Host"),
+        "the 400 page does not say why: {r:?}"
+    );
+    // Same host, another port: also a disagreement.
+    let r = raw_once(
+        &proxy,
+        &format!(
+            "GET http://{host}/host HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+            closed_port()
+        ),
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        origin.head_for("/host").is_none(),
+        "a refused request reached the origin"
+    );
+    // Agreeing Host: served.
+    let r = raw_once(
+        &proxy,
+        &format!("GET http://{host}/host HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// (11) Never forward to the proxy's own listeners (a loop) or to link-local addresses.
+#[test]
+fn loops_and_link_local_targets_are_refused() {
+    let env = Env::new();
+    let node = gateway(&env, "gw-loop", Some("rules: []\n"));
+    let proxy = proxy_of(&node);
+    let px = format!("http://{proxy}");
+    for target in [
+        format!("http://{proxy}/loop"),
+        format!("http://{}/loop", node.portal),
+    ] {
+        let c = curl(env.path(), &["-x", &px, &target]);
+        assert!(
+            c.code == 502 || (400..500).contains(&c.code),
+            "{target}: forwarded to the node itself? {c:?}"
+        );
+        assert!(
+            c.body.to_ascii_lowercase().contains("loop"),
+            "{target}: the refusal does not mention a loop: {c:?}"
+        );
+    }
+    let started = Instant::now();
+    let c = curl(
+        env.path(),
+        &["-x", &px, "http://169.254.169.254/latest/meta-data/"],
+    );
+    assert!(
+        c.code == 502 || c.code == 403,
+        "link-local metadata address: {c:?}"
+    );
+    assert!(
+        c.body.to_ascii_lowercase().contains("link-local"),
+        "the refusal does not say link-local: {c:?}"
+    );
+    // Refused without trying to connect: no connect timeout was waited for.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the link-local refusal took {:?} (did it try to connect?)",
+        started.elapsed()
+    );
+    // And CONNECT to it, on an allowed port, likewise.
+    let r = raw_once(
+        &proxy,
+        "CONNECT 169.254.169.254:443 HTTP/1.1\r\nHost: 169.254.169.254:443\r\n\r\n",
+    );
+    assert!(r.status == 502 || r.status == 403, "{r:?}");
+}
+
+/// (12) access.log: one line per request in Squid's native format, for served,
+/// tunnelled, blocked and refused requests alike.
+#[test]
+fn access_log_has_one_squid_line_per_request() {
+    let env = Env::new();
+    let origin = Origin::start();
+    let tls = tls_origin();
+    let node = gateway(&env, "gw-log", Some(&open_policy(tls.port())));
+    let proxy = proxy_of(&node);
+    let px = format!("http://{proxy}");
+    let host = origin.hostport();
+
+    let served = origin.url("/logged");
+    assert_eq!(curl(env.path(), &["-x", &px, &served]).code, 200);
+    let c = curl(
+        env.path(),
+        &["-k", "-p", "-x", &px, &format!("https://{tls}/")],
+    );
+    assert_eq!(c.code, 200, "{c:?}");
+    assert_eq!(
+        curl(env.path(), &["-x", &px, "http://blocked.example/logged"]).code,
+        451
+    );
+    let port25 = raw_once(
+        &proxy,
+        "CONNECT 127.0.0.1:25 HTTP/1.1\r\nHost: 127.0.0.1:25\r\n\r\n",
+    );
+    assert_eq!(port25.status, 403);
+    let mismatch = raw_once(
+        &proxy,
+        &format!("GET http://{host}/mismatch HTTP/1.1\r\nHost: evil.example\r\n\r\n"),
+    );
+    assert_eq!(mismatch.status, 400);
+
+    let miss = wait_access_line(&node, "TCP_MISS/200", &served);
+    let tunnel = wait_access_line(&node, "TCP_TUNNEL/200", &tls.to_string());
+    let denied = wait_access_line(&node, "TCP_DENIED/451", "http://blocked.example/logged");
+    wait_access_line(&node, "TCP_DENIED/403", "127.0.0.1:25");
+    wait_access_line(&node, "TCP_DENIED/400", &format!("http://{host}/mismatch"));
+
+    // Fields: time.ms elapsed client code/status bytes method URL user hier/peer type.
+    let f: Vec<&str> = miss.split_whitespace().collect();
+    let (secs, ms) = f[0].split_once('.').expect("time.ms");
+    assert!(
+        secs.parse::<u64>().is_ok() && ms.len() == 3 && ms.parse::<u32>().is_ok(),
+        "time field: {miss}"
+    );
+    assert!(f[1].parse::<u64>().is_ok(), "elapsed field: {miss}");
+    assert_eq!(f[2], "127.0.0.1", "client field: {miss}");
+    assert_eq!(
+        f[4],
+        ORIGIN_BODY.len().to_string(),
+        "bytes field of a served request: {miss}"
+    );
+    assert_eq!(f[5], "GET", "{miss}");
+    assert_eq!(f[7], "-", "user field: {miss}");
+    assert_eq!(f[8], "HIER_DIRECT/127.0.0.1", "hierarchy field: {miss}");
+    assert!(f[9].starts_with("text/plain"), "type field: {miss}");
+    let t: Vec<&str> = tunnel.split_whitespace().collect();
+    assert_eq!(t[5], "CONNECT", "{tunnel}");
+    assert!(
+        t[4].parse::<u64>().unwrap_or(0) > TLS_BODY.len() as u64,
+        "the tunnel's bytes field does not count what went through it: {tunnel}"
+    );
+    let d: Vec<&str> = denied.split_whitespace().collect();
+    assert_eq!(d[8], "HIER_NONE/-", "{denied}");
+
+    // One line per request: the five above, nothing more, every one in the format.
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = access_lines(&node);
+    for l in &lines {
+        assert_eq!(
+            l.split_whitespace().count(),
+            10,
+            "not a Squid native line (10 fields): {l:?}"
+        );
+    }
+    assert_eq!(
+        lines.len(),
+        5,
+        "expected one line per request (5), access.log:\n{}",
+        lines.join("\n")
+    );
+
+    // Requests refused for their framing are requests too: each leaves one line, a
+    // TCP_DENIED/400 (its URL may be `-` when the request could not be parsed at all).
+    let mut failures = Vec::new();
+    for (what, req) in [
+        (
+            "Content-Length with Transfer-Encoding",
+            format!(
+                "POST http://{host}/smuggle-log-1 HTTP/1.1\r\nHost: {host}\r\n\
+                 Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "two different Content-Lengths",
+            format!(
+                "POST http://{host}/smuggle-log-2 HTTP/1.1\r\nHost: {host}\r\n\
+                 Content-Length: 3\r\nContent-Length: 5\r\n\r\nabcde"
+            ),
+        ),
+    ] {
+        let before = access_lines(&node).len();
+        let answer = raw_once(&proxy, &req);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let new = loop {
+            let lines = access_lines(&node);
+            if lines.len() > before || Instant::now() > deadline {
+                break lines[before.min(lines.len())..].to_vec();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        match new.as_slice() {
+            [l] if l.contains(" TCP_DENIED/400 ") => {}
+            [] => failures.push(format!(
+                "{what} (answered {}): no access.log line within 3 s",
+                answer.status
+            )),
+            _ => failures.push(format!(
+                "{what} (answered {}): expected one TCP_DENIED/400 line, got {new:?}",
+                answer.status
+            )),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\naccess.log:\n{}",
+        failures.join("\n"),
+        access_lines(&node).join("\n")
+    );
+}
+
+/// (13) Per-client connection limit: past it, a connection's request is answered 429
+/// and recorded.
+#[test]
+fn per_client_connection_limit_answers_429_and_records_it() {
+    let env = Env::new();
+    let origin = Origin::start();
+    let node = gateway(
+        &env,
+        "gw-limit",
+        Some("limits: { max_connections_per_client: 2 }\n"),
+    );
+    let proxy = proxy_of(&node);
+    let host = origin.hostport();
+    let _a = Raw::connect(&proxy);
+    let _b = Raw::connect(&proxy);
+    // Let the accept loop take both before the third arrives.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = Raw::connect(&proxy);
+    c.send(&format!(
+        "GET http://{host}/over-limit HTTP/1.1\r\nHost: {host}\r\n\r\n"
+    ));
+    let r = c.response(false);
+    assert_eq!(r.status, 429, "{r:?}");
+    assert!(
+        r.body.contains("max_connections_per_client"),
+        "the 429 page does not name the limit: {r:?}"
+    );
+    assert!(
+        origin.head_for("/over-limit").is_none(),
+        "a request over the limit reached the origin"
+    );
+    wait_access_line(
+        &node,
+        "TCP_DENIED/429",
+        &format!("http://{host}/over-limit"),
+    );
+
+    // Once one of the two closes, a new connection is served again.
+    drop(_a);
+    drop(c);
+    let served = eventually(
+        Duration::from_secs(5),
+        "a connection under the limit",
+        || {
+            let r = raw_once(
+            &proxy,
+            &format!("GET http://{host}/under-limit HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        );
+            (r.status == 200).then_some(r)
+        },
+    );
+    assert_eq!(served.body, ORIGIN_BODY);
+}
