@@ -293,6 +293,17 @@ impl Proxy {
             guard.rec.action = "blocked".into();
             return self.refuse(400, "Bad request", "ambiguous message framing (Content-Length with Transfer-Encoding, or two Content-Lengths)", guard);
         }
+        // Our own Via on an incoming request: it went round (e.g. through a name or an
+        // interface address of this node) — a loop.
+        if via_names(req.headers(), &self.via) {
+            guard.rec.action = "blocked".into();
+            return self.refuse(
+                508,
+                "Loop detected",
+                "this request has passed through this proxy already (its Via header names it)",
+                guard,
+            );
+        }
         let is_connect = req.method() == Method::CONNECT;
         let Some((host, port)) = target(req.uri(), is_connect) else {
             guard.rec.action = "blocked".into();
@@ -542,6 +553,18 @@ fn source_text(e: &hyper_util::client::legacy::Error) -> String {
     s
 }
 
+/// Whether a Via header of the request names this proxy (`ours` is `1.1 NODE`).
+fn via_names(h: &HeaderMap, ours: &HeaderValue) -> bool {
+    let Ok(ours) = ours.to_str() else {
+        return false;
+    };
+    h.get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|hop| hop.trim().eq_ignore_ascii_case(ours))
+}
+
 /// (host, port) of an absolute-form `http://` target or a CONNECT authority.
 fn target(uri: &Uri, connect: bool) -> Option<(String, u16)> {
     if connect {
@@ -623,6 +646,16 @@ mod tests {
         assert!(host_agrees(&h, "example.com", 8080));
         h.insert(header::HOST, HeaderValue::from_static("evil.com"));
         assert!(!host_agrees(&h, "example.com", 8080));
+    }
+
+    #[test]
+    fn own_via_is_a_loop() {
+        let ours = HeaderValue::from_static("1.1 gw-1");
+        let mut h = HeaderMap::new();
+        h.insert(header::VIA, HeaderValue::from_static("1.0 other, 1.1 GW-1"));
+        assert!(via_names(&h, &ours));
+        h.insert(header::VIA, HeaderValue::from_static("1.1 gw-10"));
+        assert!(!via_names(&h, &ours));
     }
 
     #[test]
