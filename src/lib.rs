@@ -13,6 +13,7 @@ pub mod nodeconf;
 pub mod pins;
 pub mod policy;
 pub mod policystore;
+pub mod reportapi;
 pub mod sign;
 pub mod startup;
 pub mod syncapi;
