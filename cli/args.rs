@@ -15,6 +15,8 @@ pub enum Format {
     Json,
     /// The same as YAML.
     Yaml,
+    /// Comma-separated values (`ssq report` only).
+    Csv,
 }
 
 /// ssq: drive a cluster of ssq web gateways (one master, many slaves).
@@ -96,6 +98,8 @@ pub enum Cmd {
     /// The policy on the master: apply, show, diff, history, rollback, test.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Reports from the master's store: every request every slave served.
+    Report(ReportArgs),
     /// Restart a node in place (same PID and ports, new boot id), after a backup.
     Restart(RestartArgs),
     /// Show a node's status (default: the master).
@@ -356,6 +360,52 @@ pub enum AuthCmd {
         #[command(flatten)]
         target: ListTarget,
     },
+}
+
+/// The reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportKind {
+    /// Requests, blocked, bytes, clients, per node.
+    Summary,
+    /// Top domains.
+    Domains,
+    /// Top clients.
+    Clients,
+    /// Top blocked domains and rules.
+    Blocked,
+    /// Per node: requests, last record, lag, gaps.
+    Nodes,
+    /// Per minute (or hour).
+    Timeline,
+}
+
+/// `ssq report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Which report.
+    #[arg(value_enum)]
+    pub kind: ReportKind,
+    /// The last this long, e.g. 1h, 30m, 7d (default 24h).
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "from")]
+    pub since: Option<std::time::Duration>,
+    /// Start: RFC 3339 time (2026-11-26T10:00:00Z) or Unix ms.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End: RFC 3339 time or Unix ms (default now).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only this slave's records.
+    #[arg(long)]
+    pub slave: Option<String>,
+    /// At most this many rows.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Timeline per hour instead of per minute.
+    #[arg(long)]
+    pub hourly: bool,
+    /// The master (name or HOST:PORT; default: the inventory's).
+    #[arg(long)]
+    pub master: Option<String>,
 }
 
 /// `ssq restart`.

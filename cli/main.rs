@@ -12,6 +12,7 @@ mod node_cmd;
 mod operator_cmd;
 mod output;
 mod policy_cmd;
+mod report_cmd;
 mod slave_cmd;
 mod target;
 
@@ -55,6 +56,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    if cli.global.output == crate::args::Format::Csv && !matches!(cli.command, Cmd::Report(_)) {
+        return Err(Failure::usage(
+            "-o csv is for ssq report; use -o json or -o yaml here",
+        ));
+    }
     let ctx = Ctx::new(cli.global)?;
     let deadline = ctx.g.timeout;
     let work = async {
@@ -66,6 +72,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 master_cmd::forget(&ctx, &slave, &master).await
             }
             Cmd::Policy(p) => policy_cmd::run(&ctx, p).await,
+            Cmd::Report(r) => report_cmd::run(&ctx, r).await,
             Cmd::Restart(r) => node_cmd::restart(&ctx, r).await,
             Cmd::Status(n) => node_cmd::status(&ctx, n).await,
             Cmd::Logs(l) => node_cmd::logs(&ctx, l).await,

@@ -93,7 +93,7 @@ pub fn emit<T: Serialize>(
             .map_err(|e| Failure::new(1, "internal", e.to_string()))?,
         Format::Yaml => serde_saphyr::to_string(value)
             .map_err(|e| Failure::new(1, "internal", e.to_string()))?,
-        Format::Table => human(),
+        Format::Table | Format::Csv => human(),
     };
     let text = text.trim_end();
     if !text.is_empty() {

@@ -226,6 +226,14 @@ impl Target {
         Actor::local(&format!("ssq --local on the node's files ({user})"))
     }
 
+    /// GET a JSON document.
+    ///
+    /// # Errors
+    /// As the call.
+    pub async fn get_json<T: DeserializeOwned>(&mut self, path: &str) -> Result<T, Failure> {
+        self.call("GET", path, None::<&()>, "answer").await
+    }
+
     /// Whether this talks to files directly.
     pub fn is_offline(&self) -> bool {
         matches!(self, Target::Files(..))

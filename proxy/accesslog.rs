@@ -1,27 +1,72 @@
-//! The access log writer: records arrive on a bounded channel from the proxy's
-//! end-of-request hook and one task appends them to log_dir/access.log, flushing whenever
-//! the queue runs empty (batched under load), so no request waits on the disk. A full channel (the disk far behind) is
-//! counted and reported in extended.log, never silent.
+//! The record writer: the proxy's end-of-request hook (and, on a slave, every
+//! extended.log event) sends records on a bounded channel; one task appends them to
+//! log_dir/access.log — flushed whenever the queue runs empty, batched under load, so no
+//! request waits on the disk — and, on a slave, to the report spool, fsynced on a short
+//! timer (200 ms), with a statistics record every 10 s. A full channel (the disk far
+//! behind) is counted and reported in extended.log, never silent.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ssq::accessrecord::AccessRecord;
 use ssq::extlog::ExtLog;
-use tokio::sync::mpsc;
+use ssq::reportapi::{Payload, Stats};
+use ssq::spool::Spool;
+use tokio::sync::{mpsc, Notify};
+
+use crate::connlimit::ConnCounter;
 
 /// Records waiting to be written, at most.
 const QUEUE: usize = 65_536;
+/// How often the spool is fsynced.
+const SPOOL_SYNC: Duration = Duration::from_millis(200);
+/// How often a statistics record is spooled.
+const STATS_EVERY: Duration = Duration::from_secs(10);
+
+/// What the writer receives. Records are by far the most common message: they travel
+/// unboxed (no allocation per request for the channel).
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    /// A request's record.
+    Request(AccessRecord),
+    /// An extended.log line (slaves ship their events).
+    Event(String),
+    /// Write everything out now (at shutdown), then answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Counters since start, for the statistics record.
+#[derive(Default)]
+pub struct Counters {
+    /// Requests recorded.
+    pub requests: AtomicU64,
+    /// Of which blocked.
+    pub blocked: AtomicU64,
+    /// Bytes to clients.
+    pub bytes: AtomicU64,
+}
 
 /// The proxy's handle on the writer.
 pub struct AccessLog {
     /// To the writer task.
-    tx: mpsc::Sender<AccessRecord>,
+    tx: mpsc::Sender<Msg>,
     /// Records that found the queue full.
     pub dropped: AtomicU64,
+    /// Since start.
+    pub counters: Counters,
+}
+
+/// The spool side of the writer, on a slave.
+pub struct Spooling {
+    /// The spool (shared with the shipper).
+    pub spool: Arc<Mutex<Spool>>,
+    /// Woken after each fsync, so the shipper sends soon.
+    pub flushed: Arc<Notify>,
+    /// Open client connections, for the statistics record.
+    pub conns: Arc<ConnCounter>,
 }
 
 impl AccessLog {
@@ -29,59 +74,164 @@ impl AccessLog {
     ///
     /// # Errors
     /// When the file cannot be opened.
-    pub fn start(log_dir: &Path, node: &str) -> std::io::Result<Arc<AccessLog>> {
+    pub fn start(
+        log_dir: &Path,
+        node: &str,
+        spooling: Option<Spooling>,
+    ) -> std::io::Result<Arc<AccessLog>> {
         let events = ExtLog::open(log_dir, node)?;
         let path = log_dir.join("access.log");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)?;
-        let (tx, mut rx) = mpsc::channel::<AccessRecord>(QUEUE);
+        let (tx, rx) = mpsc::channel::<Msg>(QUEUE);
         let log = Arc::new(AccessLog {
             tx,
             dropped: AtomicU64::new(0),
+            counters: Counters::default(),
         });
-        let me = log.clone();
-        tokio::spawn(async move {
-            let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            let mut reported = 0;
-            loop {
-                tokio::select! {
-                    r = rx.recv() => match r {
-                        Some(rec) => {
-                            let mut r = out.write_all(rec.squid_line().as_bytes());
-                            // Prompt when idle, batched under load.
-                            if r.is_ok() && rx.is_empty() {
-                                r = out.flush();
-                            }
-                            if let Err(e) = r {
-                                events.warn("access", &format!("cannot write {}: {e}", path.display()));
-                            }
-                        }
-                        None => break,
-                    },
-                    _ = tick.tick() => {
-                        if let Err(e) = out.flush() {
-                            events.warn("access", &format!("cannot write {}: {e}", path.display()));
-                        }
-                        let dropped = me.dropped.load(Ordering::Relaxed);
-                        if dropped > reported {
-                            events.warn("access", &format!("{} access records could not be queued (the log is far behind); total {dropped}", dropped - reported));
-                            reported = dropped;
-                        }
-                    }
-                }
-            }
-            let _ = out.flush();
-        });
+        tokio::spawn(write_loop(log.clone(), rx, file, path, events, spooling));
         Ok(log)
     }
 
     /// Queue one record (never blocks).
     pub fn record(&self, rec: AccessRecord) {
-        if self.tx.try_send(rec).is_err() {
+        if self.tx.try_send(Msg::Request(rec)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// Write out everything queued so far (access.log and spool, fsynced); at shutdown.
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Queue one event line for the spool (never blocks).
+    pub fn event(&self, line: &str) {
+        if self.tx.try_send(Msg::Event(line.to_string())).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn write_loop(
+    me: Arc<AccessLog>,
+    mut rx: mpsc::Receiver<Msg>,
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    events: ExtLog,
+    spooling: Option<Spooling>,
+) {
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
+    let mut sync_tick = tokio::time::interval(SPOOL_SYNC);
+    let mut stats_tick = tokio::time::interval(STATS_EVERY);
+    let mut reported = 0;
+    let mut dirty = false;
+    let mut spool_failing = false;
+    let append = |payload: Payload, failing: &mut bool| {
+        let Some(sp) = &spooling else { return };
+        let r = match sp.spool.lock() {
+            Ok(mut s) => s.append(payload).map(|_| ()).map_err(|e| e.to_string()),
+            Err(_) => Err("spool lock poisoned".into()),
+        };
+        match r {
+            Ok(()) => *failing = false,
+            Err(e) => {
+                if !*failing {
+                    events.warn("report", &format!("cannot write the report spool: {e}"));
+                }
+                *failing = true;
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(Msg::Request(rec)) => {
+                    me.counters.requests.fetch_add(1, Ordering::Relaxed);
+                    if rec.action == "blocked" {
+                        me.counters.blocked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    me.counters.bytes.fetch_add(rec.bytes_down, Ordering::Relaxed);
+                    let mut r = out.write_all(rec.squid_line().as_bytes());
+                    // Prompt when idle, batched under load.
+                    if r.is_ok() && rx.is_empty() {
+                        r = out.flush();
+                    }
+                    if let Err(e) = r {
+                        events.warn("access", &format!("cannot write {}: {e}", path.display()));
+                    }
+                    if spooling.is_some() {
+                        append(Payload::Request(Box::new(rec)), &mut spool_failing);
+                        dirty = true;
+                    }
+                }
+                Some(Msg::Event(line)) => {
+                    append(Payload::Event { line }, &mut spool_failing);
+                    dirty = true;
+                }
+                Some(Msg::Flush(done)) => {
+                    let _ = out.flush();
+                    if let Some(sp) = &spooling {
+                        if let Ok(mut s) = sp.spool.lock() {
+                            let _ = s.flush();
+                        }
+                    }
+                    let _ = done.send(());
+                }
+                None => break,
+            },
+            _ = sync_tick.tick() => {
+                if let (Some(sp), true) = (&spooling, dirty) {
+                    dirty = false;
+                    let r = sp.spool.lock().map_err(|_| "spool lock poisoned".to_string())
+                        .and_then(|mut s| {
+                            let notes = s.take_notes();
+                            s.flush().map(|()| notes).map_err(|e| e.to_string())
+                        });
+                    match r {
+                        Ok(notes) => {
+                            for n in notes {
+                                events.warn("report", &n);
+                            }
+                            sp.flushed.notify_one();
+                        }
+                        Err(e) => events.warn("report", &format!("cannot sync the report spool: {e}")),
+                    }
+                }
+                let dropped = me.dropped.load(Ordering::Relaxed);
+                if dropped > reported {
+                    events.warn("access", &format!("{} records could not be queued (the disk is far behind); total {dropped}", dropped - reported));
+                    reported = dropped;
+                }
+            }
+            _ = stats_tick.tick() => {
+                if let Some(sp) = &spooling {
+                    let depth = sp.spool.lock().map(|s| s.stats().pending_records).unwrap_or(0);
+                    let stats = Stats {
+                        time_ms: now_ms(),
+                        requests: me.counters.requests.load(Ordering::Relaxed),
+                        blocked: me.counters.blocked.load(Ordering::Relaxed),
+                        active_connections: sp.conns.open(),
+                        bytes: me.counters.bytes.load(Ordering::Relaxed),
+                        spool_depth: depth,
+                    };
+                    append(Payload::Stats(stats), &mut spool_failing);
+                    dirty = true;
+                }
+            }
+        }
+    }
+    let _ = out.flush();
 }

@@ -172,6 +172,30 @@ pub fn prepare(config: &Path, mut inherited: Inherited) -> Result<Prepared> {
         Role::Slave => None,
         _ => Some(crate::master::Master::open(&s.data_dir)?),
     };
+    let reports = match s.role {
+        Role::Master => Some(crate::reports::Reports::open(
+            &s.data_dir.join("reports.db"),
+        )?),
+        _ => None,
+    };
+    // A slave's report spool: a damaged tail is cut (and said so), never fatal.
+    let spool = match s.role {
+        Role::Slave => {
+            let (spool, notes) =
+                ssq::spool::Spool::open(&s.data_dir.join("spool"), Default::default())
+                    .with_context(|| {
+                        format!(
+                            "cannot open the report spool in {}",
+                            s.data_dir.join("spool").display()
+                        )
+                    })?;
+            for n in notes {
+                log.warn("report", &n);
+            }
+            Some(Arc::new(Mutex::new(spool)))
+        }
+        _ => None,
+    };
     let sync_status = ssq::api::SyncStatus {
         master: s.master.as_ref().map(|m| m.to_string()).unwrap_or_default(),
         state: "starting".into(),
@@ -194,6 +218,9 @@ pub fn prepare(config: &Path, mut inherited: Inherited) -> Result<Prepared> {
         master,
         active: crate::active::Slot::default(),
         sync: Mutex::new(sync_status),
+        reports,
+        spool,
+        shipper: Arc::new(Mutex::new(crate::shipper::ShipperState::default())),
     });
     // The last good policy is enforced before the ready line, before any talk with the
     // master.
@@ -309,11 +336,19 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
     if node.files.startup.role == Role::Slave {
         tokio::spawn(crate::slave::run(node.clone()));
     }
+    let conns = Arc::new(crate::connlimit::ConnCounter::default());
+    let flushed = Arc::new(tokio::sync::Notify::new());
     let proxy = match node.proxy_addr {
         Some(_) => {
+            let spooling = node.spool.clone().map(|spool| crate::accesslog::Spooling {
+                spool,
+                flushed: flushed.clone(),
+                conns: conns.clone(),
+            });
             let log = crate::accesslog::AccessLog::start(
                 &node.files.startup.log_dir,
                 &node.files.startup.node,
+                spooling,
             )
             .with_context(|| {
                 format!(
@@ -321,11 +356,23 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                     node.files.startup.log_dir.display()
                 )
             })?;
+            if let Some(spool) = node.spool.clone() {
+                // A slave ships its events and its records to the master.
+                let tap = log.clone();
+                node.files
+                    .log
+                    .set_tap(Box::new(move |line| tap.event(line)));
+                tokio::spawn(crate::shipper::run(
+                    node.clone(),
+                    spool,
+                    flushed.clone(),
+                    node.shipper.clone(),
+                ));
+            }
             Some(crate::forward::Proxy::new(node.clone(), log))
         }
         None => None,
     };
-    let conns = Arc::new(crate::connlimit::ConnCounter::default());
     let end = loop {
         tokio::select! {
             r = portal_l.accept() => {
@@ -444,8 +491,14 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
     drop(portal_l);
     drop(admin_l);
     drop(proxy_l);
+    let flush_records = || async {
+        if let Some(p) = &proxy {
+            p.log.flush().await;
+        }
+    };
     match end {
         End::Now => {
+            flush_records().await;
             let _ = std::fs::remove_file(&addr_file);
             let _ = std::fs::remove_file(&admin_path);
             node.files
@@ -462,6 +515,7 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                 r = tokio::time::timeout(DRAIN, drain(graceful, &conns)) => r.is_ok(),
                 _ = sigint.recv() => false,
             };
+            flush_records().await;
             node.files.log.info(
                 "restart",
                 &format!(
@@ -496,6 +550,7 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                     }
                 ),
             );
+            flush_records().await;
             let mut fds: Vec<(&str, &OwnedFd)> = vec![("portal", &portal_fd), ("admin", &admin_fd)];
             if let Some(fd) = &proxy_fd {
                 fds.push(("proxy", fd));

@@ -14,6 +14,8 @@ mod master;
 mod node;
 mod pages;
 mod portal;
+mod reports;
+mod shipper;
 mod slave;
 mod sync_api;
 mod tracked;

@@ -419,6 +419,7 @@ impl Master {
                 proxy: e.proxy.clone(),
                 node_key: e.key.fingerprint(),
                 version: e.version.clone(),
+                report: None,
             })
             .collect()
     }

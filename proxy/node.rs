@@ -2,13 +2,14 @@
 //! boot's id, the nonce window, and the channel that asks the main loop to restart.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use ssq::api::{PolicyState, Status, SyncStatus};
+use ssq::api::{PolicyState, ReportStatus, Status, SyncStatus};
 use ssq::keys::{ActivationKey, SigningKey};
 use ssq::nodeconf::NodeFiles;
 use ssq::sign::NonceCache;
 use ssq::startup::Role;
+use ssq::syncapi::{SlaveInfo, SlaveReport};
 use tokio::sync::watch;
 
 use crate::active::Slot;
@@ -55,6 +56,12 @@ pub struct Node {
     pub active: Slot,
     /// A slave's sync with its master.
     pub sync: Mutex<SyncStatus>,
+    /// A master's report store.
+    pub reports: Option<crate::reports::Reports>,
+    /// A slave's report spool.
+    pub spool: Option<Arc<Mutex<ssq::spool::Spool>>>,
+    /// A slave's shipper.
+    pub shipper: Arc<Mutex<crate::shipper::ShipperState>>,
 }
 
 impl Node {
@@ -90,7 +97,7 @@ impl Node {
                 .map(|a| a.authentication)
                 .unwrap_or(false),
             slaves: match (&self.master, s.role) {
-                (Some(m), Role::Master) => Some(m.slave_infos()),
+                (Some(m), Role::Master) => Some(self.with_reports(m.slave_infos())),
                 _ => None,
             },
             refused: match (&self.master, s.role) {
@@ -101,11 +108,54 @@ impl Node {
                 Role::Slave => self.sync.lock().ok().map(|g| g.clone()),
                 _ => None,
             },
+            report: self.report_status(),
         }
     }
 }
 
 impl Node {
+    /// A slave's spool and shipper, for status.
+    fn report_status(&self) -> Option<ReportStatus> {
+        let spool = self.spool.as_ref()?;
+        let st = spool.lock().ok()?.stats();
+        let epoch = spool.lock().ok()?.epoch().to_string();
+        Some(ReportStatus {
+            epoch,
+            spooled: st.spooled,
+            acked: st.acked,
+            pending: st.pending_records,
+            bytes_on_disk: st.bytes_on_disk,
+            error: self.shipper.lock().ok().and_then(|s| s.error.clone()),
+        })
+    }
+
+    /// Slaves with what the report store knows of them.
+    fn with_reports(&self, mut slaves: Vec<SlaveInfo>) -> Vec<SlaveInfo> {
+        let Some(reports) = &self.reports else {
+            return slaves;
+        };
+        let progress = reports.cached_progress();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let duplicates = ssq::reportstore::duplicate_names(&progress, now);
+        for s in &mut slaves {
+            let mine: Vec<_> = progress.iter().filter(|p| p.node == s.name).collect();
+            if let Some(p) = mine.iter().max_by_key(|p| p.last_ingest_ms) {
+                s.report = Some(SlaveReport {
+                    epoch: p.epoch.clone(),
+                    acked: p.acked,
+                    last_time_ms: p.last_time_ms,
+                    lag_ms: now.saturating_sub(p.last_time_ms),
+                    gaps: mine.iter().map(|p| p.gaps).sum(),
+                    duplicate_name: duplicates.contains(&s.name),
+                });
+            }
+        }
+        slaves
+    }
+
     /// The policy state: on a slave what it enforces (UNSYNCED until the first policy;
     /// LAST_GOOD while the master is away); on a master its latest revision (PUBLISHED);
     /// on a standalone node what it enforces (ENFORCED).

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ssq::nodeconf::Actor;
 use ssq::policy::{self, Matcher, Request, Verdict};
+use ssq::reportapi::{IngestBatch, ReportQuery};
 use ssq::sign::Caller;
 use ssq::startup::Role;
 use ssq::syncapi::{
@@ -70,6 +71,7 @@ pub fn serves(path: &str) -> bool {
         || (path.starts_with("/api/v1/sync/") && path != "/api/v1/sync/ping")
         || path.starts_with("/api/v1/slaves/")
         || path.starts_with("/api/v1/tasks")
+        || path.starts_with("/api/v1/reports/")
 }
 
 /// Serve one policy or sync request.
@@ -147,6 +149,42 @@ pub async fn route(
             })
         }
         ("GET", "/api/v1/sync/watch") => watch(node, query, actor, caller).await,
+        ("POST", "/api/v1/reports/ingest") => {
+            let (name, _) = sync_caller(node, actor, caller)?;
+            let batch: IngestBatch = parse(body)?;
+            if batch.node != name {
+                return Err(ApiError::new(
+                    403,
+                    "node_mismatch",
+                    format!("{name} may only ship its own records, not {}'s", batch.node),
+                ));
+            }
+            let reports = node.reports.as_ref().ok_or_else(|| {
+                ApiError::new(409, "not_a_master", "only a master stores reports")
+            })?;
+            let answer = reports.ingest(name, batch.epoch, batch.records).await?;
+            ok(&answer)
+        }
+        ("GET", p) if p.starts_with("/api/v1/reports/") => {
+            let reports = node.reports.as_ref().ok_or_else(|| {
+                ApiError::new(
+                    409,
+                    "not_a_master",
+                    "reports live on the master: ssq report ... --master MASTER",
+                )
+            })?;
+            let kind = p.trim_start_matches("/api/v1/reports/").to_string();
+            let num = |k: &str| query_param(query, k).and_then(|v| v.parse::<u64>().ok());
+            let q = ReportQuery {
+                kind,
+                from_ms: num("from").unwrap_or(0),
+                to_ms: num("to").unwrap_or(u64::MAX / 2),
+                slave: query_param(query, "slave").map(str::to_string),
+                limit: num("limit").map(|l| l.min(10_000) as u32).unwrap_or(20),
+                bucket: query_param(query, "bucket").unwrap_or("minute").to_string(),
+            };
+            ok(&reports.report(q).await?)
+        }
         ("POST", "/api/v1/tasks") => {
             let r: TaskRequest = parse(body)?;
             let view = master(node)?.queue_task(&r.node, &r.kind, &node.node_key)?;

@@ -80,6 +80,27 @@ pub struct Status {
     /// On a slave: its sync with the master.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncStatus>,
+    /// On a slave: its report spool and shipping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReportStatus>,
+}
+
+/// A slave's report spool and shipping.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ReportStatus {
+    /// The spool's epoch.
+    pub epoch: String,
+    /// Records written to the spool since it was created.
+    pub spooled: u64,
+    /// Acknowledged by the master.
+    pub acked: u64,
+    /// Waiting to be acknowledged.
+    pub pending: u64,
+    /// Bytes the spool holds on disk.
+    pub bytes_on_disk: u64,
+    /// The shipper's last error.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// A slave's view of its sync.

@@ -33,7 +33,6 @@ impl Level {
 }
 
 /// The event log of one node.
-#[derive(Debug)]
 pub struct ExtLog {
     /// The node's name, written on every line.
     node: String,
@@ -41,6 +40,17 @@ pub struct ExtLog {
     file: Mutex<File>,
     /// Its path, for reading back.
     path: PathBuf,
+    /// Also hands each line here (a slave ships its events to the master).
+    tap: Mutex<Option<Tap>>,
+}
+
+/// A receiver of every event line.
+pub type Tap = Box<dyn Fn(&str) + Send>;
+
+impl std::fmt::Debug for ExtLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ExtLog({})", self.path.display())
+    }
 }
 
 impl ExtLog {
@@ -56,6 +66,7 @@ impl ExtLog {
             node: node.to_string(),
             file: Mutex::new(file),
             path,
+            tap: Mutex::new(None),
         })
     }
 
@@ -68,6 +79,18 @@ impl ExtLog {
         };
         if let Err(e) = result {
             eprintln!("ssqd: cannot write {}: {e}", self.path.display());
+        }
+        if let Ok(tap) = self.tap.lock() {
+            if let Some(f) = tap.as_ref() {
+                f(line.trim_end());
+            }
+        }
+    }
+
+    /// Hand every later event line to `tap` as well.
+    pub fn set_tap(&self, tap: Tap) {
+        if let Ok(mut t) = self.tap.lock() {
+            *t = Some(tap);
         }
     }
 

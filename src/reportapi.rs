@@ -17,7 +17,7 @@ use crate::accessrecord::AccessRecord;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Payload {
     /// One proxied request.
-    Request(AccessRecord),
+    Request(Box<AccessRecord>),
     /// One extended.log event line.
     Event {
         /// The line as written.
@@ -127,7 +127,10 @@ pub fn url_host(url: &str) -> String {
     let host = if let Some(v6) = authority.strip_prefix('[') {
         v6.split(']').next().unwrap_or("")
     } else {
-        authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority)
+        authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority)
     };
     host.to_ascii_lowercase()
 }

@@ -168,6 +168,27 @@ pub struct SlaveInfo {
     /// Its ssqd version.
     #[serde(default)]
     pub version: String,
+    /// Its report shipping, as the master's store sees it.
+    #[serde(default)]
+    pub report: Option<SlaveReport>,
+}
+
+/// A slave's report shipping, as the master's store sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct SlaveReport {
+    /// Its current spool epoch.
+    pub epoch: String,
+    /// Highest sequence number held without a hole.
+    pub acked: u64,
+    /// Time of its newest record (Unix ms).
+    pub last_time_ms: u64,
+    /// Now minus that (ms).
+    pub lag_ms: u64,
+    /// Records lost (written down as gaps).
+    pub gaps: u64,
+    /// Two live spools under this name (two slaves with one name?).
+    #[serde(default)]
+    pub duplicate_name: bool,
 }
 
 /// A refused sync attempt (wrong activation key, changed node key, ...).
