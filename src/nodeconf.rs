@@ -207,7 +207,7 @@ impl NodeFiles {
     }
 
     /// Copy the named files of the node's configuration into a new
-    /// data_dir/backups/<UTC time>/ and return that directory.
+    /// `data_dir/backups/<UTC time>/` and return that directory.
     ///
     /// # Errors
     /// `ConfError::Io`.
