@@ -40,7 +40,11 @@ pub(super) fn report(
         ("timeline", other) => return Err(StoreError::UnknownBucket(other.into())),
         _ => 0,
     };
-    let to_ms = if q.to_ms == 0 { now_ms.saturating_add(1) } else { q.to_ms };
+    let to_ms = if q.to_ms == 0 {
+        now_ms.saturating_add(1)
+    } else {
+        q.to_ms
+    };
     let limit = match q.limit {
         0 if q.kind == "timeline" => MAX_LIMIT,
         0 => DEFAULT_LIMIT,
