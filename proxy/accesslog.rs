@@ -21,8 +21,6 @@ use crate::connlimit::ConnCounter;
 
 /// Records waiting to be written, at most.
 const QUEUE: usize = 65_536;
-/// How often the spool is fsynced.
-const SPOOL_SYNC: Duration = Duration::from_millis(200);
 /// How often a statistics record is spooled.
 const STATS_EVERY: Duration = Duration::from_secs(10);
 
@@ -67,6 +65,8 @@ pub struct Spooling {
     pub flushed: Arc<Notify>,
     /// Open client connections, for the statistics record.
     pub conns: Arc<ConnCounter>,
+    /// How often the spool is fsynced (reports.fsync_ms; default 200 ms).
+    pub sync_every: Duration,
 }
 
 impl AccessLog {
@@ -134,7 +134,12 @@ async fn write_loop(
     spooling: Option<Spooling>,
 ) {
     let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
-    let mut sync_tick = tokio::time::interval(SPOOL_SYNC);
+    let mut sync_tick = tokio::time::interval(
+        spooling
+            .as_ref()
+            .map(|s| s.sync_every)
+            .unwrap_or(Duration::from_millis(200)),
+    );
     let mut stats_tick = tokio::time::interval(STATS_EVERY);
     let mut reported = 0;
     let mut dirty = false;

@@ -181,14 +181,19 @@ pub fn prepare(config: &Path, mut inherited: Inherited) -> Result<Prepared> {
     // A slave's report spool: a damaged tail is cut (and said so), never fatal.
     let spool = match s.role {
         Role::Slave => {
-            let (spool, notes) =
-                ssq::spool::Spool::open(&s.data_dir.join("spool"), Default::default())
-                    .with_context(|| {
-                        format!(
-                            "cannot open the report spool in {}",
-                            s.data_dir.join("spool").display()
-                        )
-                    })?;
+            let (spool, notes) = ssq::spool::Spool::open(
+                &s.data_dir.join("spool"),
+                ssq::spool::SpoolOptions {
+                    segment_bytes: s.spool_segment_bytes,
+                    max_bytes: s.spool_max_bytes,
+                },
+            )
+            .with_context(|| {
+                format!(
+                    "cannot open the report spool in {}",
+                    s.data_dir.join("spool").display()
+                )
+            })?;
             for n in notes {
                 log.warn("report", &n);
             }
@@ -344,6 +349,7 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                 spool,
                 flushed: flushed.clone(),
                 conns: conns.clone(),
+                sync_every: Duration::from_millis(node.files.startup.fsync_ms),
             });
             let log = crate::accesslog::AccessLog::start(
                 &node.files.startup.log_dir,

@@ -146,6 +146,22 @@ pub struct SyncSection {
     pub never: Vec<String>,
 }
 
+/// The `reports:` section as written: a slave's report spool.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsSection {
+    /// The most the spool may hold on disk, in bytes (default 1 GiB); past it the oldest
+    /// segment is dropped and the loss is reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_max_bytes: Option<u64>,
+    /// Size of one spool segment file, in bytes (default 8 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_segment_bytes: Option<u64>,
+    /// How often records are fsynced, in milliseconds (default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsync_ms: Option<u64>,
+}
+
 /// The file as written (every field optional).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,6 +196,9 @@ pub struct StartupFile {
     /// Policy sync settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncSection>,
+    /// Report spool settings (slaves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reports: Option<ReportsSection>,
 }
 
 /// A master's portal address, `HOST:PORT` (serialized as that string).
@@ -329,6 +348,12 @@ pub struct Startup {
     pub log_dir: PathBuf,
     /// Policy sections kept local.
     pub sync_never: Vec<String>,
+    /// Spool bound in bytes.
+    pub spool_max_bytes: u64,
+    /// Spool segment size in bytes.
+    pub spool_segment_bytes: u64,
+    /// Spool fsync interval in milliseconds.
+    pub fsync_ms: u64,
 }
 
 /// This machine's host name, or `ssq-node` when it has none usable as a node name.
@@ -492,6 +517,30 @@ impl StartupFile {
                 format!("\"{bad}\" is not a policy section name (e.g. never: [rules, categories])"),
             ));
         }
+        let reports = self.reports.clone().unwrap_or_default();
+        let spool_segment_bytes = reports.spool_segment_bytes.unwrap_or(8 << 20);
+        let spool_max_bytes = reports.spool_max_bytes.unwrap_or(1 << 30);
+        let fsync_ms = reports.fsync_ms.unwrap_or(200);
+        if !(256..=(256 << 20)).contains(&spool_segment_bytes) {
+            return Err(invalid(
+                "reports.spool_segment_bytes",
+                format!(
+                    "{spool_segment_bytes} is out of range (256 bytes to 256 MiB; e.g. 8388608)"
+                ),
+            ));
+        }
+        if spool_max_bytes < 2 * spool_segment_bytes {
+            return Err(invalid(
+                "reports.spool_max_bytes",
+                format!("{spool_max_bytes} must be at least twice reports.spool_segment_bytes ({spool_segment_bytes})"),
+            ));
+        }
+        if !(10..=60_000).contains(&fsync_ms) {
+            return Err(invalid(
+                "reports.fsync_ms",
+                format!("{fsync_ms} is out of range (10 to 60000 ms; e.g. 200)"),
+            ));
+        }
         Ok(Startup {
             path: path.to_path_buf(),
             node,
@@ -506,6 +555,9 @@ impl StartupFile {
             data_dir,
             log_dir,
             sync_never,
+            spool_max_bytes,
+            spool_segment_bytes,
+            fsync_ms,
         })
     }
 }
