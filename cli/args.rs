@@ -377,6 +377,8 @@ pub enum ReportKind {
     Nodes,
     /// Per minute (or hour).
     Timeline,
+    /// Print a link that opens the HTML report page in a browser (single use, 60 s).
+    Open,
 }
 
 /// `ssq report`.

@@ -58,6 +58,7 @@ fn kind_name(k: ReportKind) -> &'static str {
         ReportKind::Blocked => "blocked",
         ReportKind::Nodes => "nodes",
         ReportKind::Timeline => "timeline",
+        ReportKind::Open => "open",
     }
 }
 
@@ -79,6 +80,7 @@ fn columns(k: ReportKind) -> &'static [&'static str] {
             "duplicate_name",
         ],
         ReportKind::Timeline => &["bucket_start_ms", "requests", "blocked", "bytes"],
+        ReportKind::Open => &[],
     }
 }
 
@@ -124,6 +126,20 @@ pub async fn run(ctx: &Ctx, a: ReportArgs) -> Result<(), Failure> {
     let (from, to) = range(&a, now_ms())?;
     let master = ctx.master_ref(a.master.as_deref())?;
     let mut t = ctx.target(Some(&master)).await?;
+    if a.kind == ReportKind::Open {
+        let v: Value = t.post_json("/api/v1/reports/session").await?;
+        let url = format!(
+            "https://{}{}",
+            t.address().unwrap_or_default(),
+            v.get("path").and_then(Value::as_str).unwrap_or("/reports")
+        );
+        let out = serde_json::json!({ "url": url, "expires_in_secs": 60 });
+        return emit(ctx.g.output, &out, || {
+            format!(
+                "{url}\n(open it within 60 s; it works once and signs this browser in for 8 hours)"
+            )
+        });
+    }
     let mut path = format!(
         "/api/v1/reports/{}?from={from}&to={to}&limit={}&bucket={}",
         kind_name(a.kind),

@@ -226,6 +226,22 @@ impl Target {
         Actor::local(&format!("ssq --local on the node's files ({user})"))
     }
 
+    /// POST without a body, JSON answer.
+    ///
+    /// # Errors
+    /// As the call.
+    pub async fn post_json<T: DeserializeOwned>(&mut self, path: &str) -> Result<T, Failure> {
+        self.call("POST", path, None::<&()>, "answer").await
+    }
+
+    /// The portal address this target talks to (none for the admin socket or files).
+    pub fn address(&self) -> Option<String> {
+        match self {
+            Target::Remote(Conn::Portal(p)) => Some(p.addr().to_string()),
+            _ => None,
+        }
+    }
+
     /// GET a JSON document.
     ///
     /// # Errors

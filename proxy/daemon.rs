@@ -226,6 +226,7 @@ pub fn prepare(config: &Path, mut inherited: Inherited) -> Result<Prepared> {
         reports,
         spool,
         shipper: Arc::new(Mutex::new(crate::shipper::ShipperState::default())),
+        sessions: crate::reports_page::Sessions::default(),
     });
     // The last good policy is enforced before the ready line, before any talk with the
     // master.

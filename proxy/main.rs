@@ -15,6 +15,7 @@ mod node;
 mod pages;
 mod portal;
 mod reports;
+mod reports_page;
 mod shipper;
 mod slave;
 mod sync_api;

@@ -62,6 +62,8 @@ pub struct Node {
     pub spool: Option<Arc<Mutex<ssq::spool::Spool>>>,
     /// A slave's shipper.
     pub shipper: Arc<Mutex<crate::shipper::ShipperState>>,
+    /// A master's report page logins.
+    pub sessions: crate::reports_page::Sessions,
 }
 
 impl Node {

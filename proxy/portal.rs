@@ -153,6 +153,10 @@ pub async fn handle(node: Arc<Node>, via: Via, req: Request<Incoming>) -> Result
             return Ok(refusal);
         }
     }
+    // The report page: a browser with a session cookie, not a signed client.
+    if path == "/reports" || path.starts_with("/reports/") {
+        return Ok(report_page(&node, &parts, &path).await);
+    }
     let body =
         match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
             Ok(Ok(b)) => b.to_bytes(),
@@ -468,5 +472,122 @@ fn describe(actor: &Actor) -> String {
     match actor.from {
         Some(ip) => format!("by {} from {ip}", actor.who),
         None => format!("by {}", actor.who),
+    }
+}
+
+/// `/reports` and `/reports/login` on a master's portal.
+async fn report_page(node: &Node, parts: &http::request::Parts, path: &str) -> Resp {
+    use crate::reports_page as page;
+    let html = |status: u16, body: String| {
+        let mut r = respond(node, status, body.into_bytes());
+        let h = r.headers_mut();
+        for (k, v) in [
+            ("content-type", "text/html; charset=utf-8"),
+            ("content-security-policy", page::CSP),
+            ("x-content-type-options", "nosniff"),
+            ("referrer-policy", "no-referrer"),
+            ("cache-control", "no-store"),
+            ("x-frame-options", "DENY"),
+        ] {
+            if let Ok(v) = hyper::header::HeaderValue::from_str(v) {
+                h.insert(k, v);
+            }
+        }
+        r
+    };
+    let Some(reports) = &node.reports else {
+        return html(
+            404,
+            crate::pages::page(
+                404,
+                "No reports here",
+                "<p>Reports live on the master.</p>",
+                &node.files.startup.node,
+            ),
+        );
+    };
+    if parts.method != Method::GET {
+        return html(
+            405,
+            crate::pages::page(
+                405,
+                "Method not allowed",
+                "<p>The report page is read-only.</p>",
+                &node.files.startup.node,
+            ),
+        );
+    }
+    let denied = || {
+        html(
+            401,
+            crate::pages::page(
+                401,
+                "Sign in with ssq",
+                "<p>Open this page with <code>ssq report open --master MASTER</code>: it prints a link that signs you in for a while.</p>",
+                &node.files.startup.node,
+            ),
+        )
+    };
+    if path == "/reports/login" {
+        let token = parts
+            .uri
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+            .unwrap_or("");
+        return match node.sessions.login(token) {
+            Some(id) => {
+                let mut r = html(303, String::new());
+                if let Ok(v) = hyper::header::HeaderValue::from_str(&page::set_cookie(&id)) {
+                    r.headers_mut().insert(hyper::header::SET_COOKIE, v);
+                }
+                r.headers_mut().insert(
+                    hyper::header::LOCATION,
+                    hyper::header::HeaderValue::from_static("/reports"),
+                );
+                r
+            }
+            None => denied(),
+        };
+    }
+    let cookie = parts
+        .headers
+        .get(hyper::header::COOKIE)
+        .and_then(|v| v.to_str().ok());
+    if path != "/reports" || !node.sessions.valid(cookie) {
+        return denied();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let hours = 24;
+    let q = |kind: &str, limit: u32, bucket: &str| ssq::reportapi::ReportQuery {
+        kind: kind.into(),
+        from_ms: now.saturating_sub(hours * 3_600_000),
+        to_ms: now + 1,
+        slave: None,
+        limit,
+        bucket: bucket.into(),
+    };
+    let (s, d, b, t) = (
+        reports.report(q("summary", 100, "")).await,
+        reports.report(q("domains", 20, "")).await,
+        reports.report(q("blocked", 20, "")).await,
+        reports.report(q("timeline", 48, "hour")).await,
+    );
+    match (s, d, b, t) {
+        (Ok(s), Ok(d), Ok(b), Ok(t)) => html(
+            200,
+            page::render(&node.files.startup.node, hours, &s, &d, &b, &t),
+        ),
+        _ => html(
+            500,
+            crate::pages::page(
+                500,
+                "Reports unavailable",
+                "<p>The report store did not answer; see extended.log.</p>",
+                &node.files.startup.node,
+            ),
+        ),
     }
 }

@@ -165,6 +165,26 @@ pub async fn route(
             let answer = reports.ingest(name, batch.epoch, batch.records).await?;
             ok(&answer)
         }
+        ("POST", "/api/v1/reports/session") => {
+            if node.reports.is_none() {
+                return Err(ApiError::new(
+                    409,
+                    "not_a_master",
+                    "the report page lives on the master",
+                ));
+            }
+            let token = node
+                .sessions
+                .new_token()
+                .ok_or_else(|| ApiError::new(500, "internal", "cannot make a token"))?;
+            node.files.log.info(
+                "config",
+                &format!("report page login token issued to {}", actor.who),
+            );
+            ok(
+                &serde_json::json!({ "token": token, "path": format!("/reports/login?token={token}") }),
+            )
+        }
         ("GET", p) if p.starts_with("/api/v1/reports/") => {
             let reports = node.reports.as_ref().ok_or_else(|| {
                 ApiError::new(
