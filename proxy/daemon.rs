@@ -456,9 +456,11 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                             );
                             let index = Arc::new(std::sync::atomic::AtomicU64::new(0));
                             let p = proxy.clone();
+                            let permit = Arc::new(permit);
+                            let hold = permit.clone();
                             let svc = service_fn(move |req| {
                                 let i = index.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                p.clone().handle(peer, findings.is_ambiguous(i), req)
+                                p.clone().handle(peer, findings.is_ambiguous(i), hold.clone(), req)
                             });
                             let conn = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
                             let mut conn = std::pin::pin!(conn);

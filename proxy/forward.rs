@@ -21,9 +21,10 @@ use ssq::policy::{EffectiveLimits, Request as PolicyRequest, Verdict};
 
 use crate::accesslog::AccessLog;
 use crate::active::ActivePolicy;
+use crate::connlimit::Permit;
 use crate::node::Node;
 use crate::pages;
-use crate::tracked::{ProxyBody, RecordGuard, Tracked};
+use crate::tracked::{CountIo, ProxyBody, RecordGuard, Tracked};
 
 /// Upstream request bodies: the client's, counted.
 type UpBody = Tracked<Incoming>;
@@ -80,6 +81,11 @@ fn now_ms() -> u64 {
 /// Whether forwarding to `addr` is refused: link-local, or one of this node's own
 /// listeners (a loop).
 fn forbidden_target(addr: SocketAddr, own: &[SocketAddr]) -> Option<&'static str> {
+    // `::ffff:169.254.169.254` is 169.254.169.254.
+    let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+    if addr.ip().is_unspecified() {
+        return Some("the unspecified address is never forwarded to");
+    }
     let link_local = match addr.ip() {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
@@ -241,6 +247,7 @@ impl Proxy {
         self: Arc<Self>,
         client: SocketAddr,
         ambiguous: bool,
+        hold: Arc<Permit>,
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
         let start = Instant::now();
@@ -251,7 +258,7 @@ impl Proxy {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| req.uri().to_string())
         } else {
-            req.uri().to_string()
+            without_userinfo(req.uri())
         };
         let mut rec = AccessRecord {
             time_ms: now_ms(),
@@ -276,7 +283,7 @@ impl Proxy {
         rec.revision = active.doc.info.revision;
         let guard = RecordGuard::new(rec, start, self.log.clone());
         Ok(self
-            .decide_and_forward(active, client, ambiguous, req, guard)
+            .decide_and_forward(active, client, ambiguous, hold, req, guard)
             .await)
     }
 
@@ -285,6 +292,7 @@ impl Proxy {
         active: Arc<ActivePolicy>,
         client: SocketAddr,
         ambiguous: bool,
+        hold: Arc<Permit>,
         req: Request<Incoming>,
         mut guard: RecordGuard,
     ) -> Response<ProxyBody> {
@@ -381,7 +389,7 @@ impl Proxy {
         };
         guard.rec.peer = Some(addr.ip().to_string());
         if is_connect {
-            return self.tunnel(req, addr, &limits, guard).await;
+            return self.tunnel(req, addr, &limits, guard, hold).await;
         }
         self.forward(req, addr, &host, &limits, guard).await
     }
@@ -440,11 +448,16 @@ impl Proxy {
             }
         };
         // The Host the client named (or the target's), never the resolved address.
+        let target_authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().rsplit('@').next().unwrap_or("").to_string())
+            .unwrap_or_else(|| host.to_string());
         let host_value = parts
             .headers
             .get(header::HOST)
             .cloned()
-            .or_else(|| HeaderValue::from_str(host).ok());
+            .or_else(|| HeaderValue::from_str(&target_authority).ok());
         strip_hop_by_hop(&mut parts.headers);
         if let Some(hv) = host_value {
             parts.headers.insert(header::HOST, hv);
@@ -493,6 +506,7 @@ impl Proxy {
         addr: SocketAddr,
         limits: &EffectiveLimits,
         mut guard: RecordGuard,
+        hold: Arc<Permit>,
     ) -> Response<ProxyBody> {
         let tcp = match tokio::time::timeout(
             limits.upstream_connect_timeout,
@@ -523,13 +537,13 @@ impl Proxy {
         tokio::spawn(async move {
             let mut tcp = tcp;
             if let Ok(upgraded) = hyper::upgrade::on(req).await {
-                let mut client = TokioIo::new(upgraded);
-                if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut client, &mut tcp).await {
-                    guard.up.store(up, std::sync::atomic::Ordering::Relaxed);
-                    guard.down.store(down, std::sync::atomic::Ordering::Relaxed);
-                }
+                let mut client = CountIo::new(TokioIo::new(upgraded), guard.up.clone());
+                let mut server = CountIo::new(&mut tcp, guard.down.clone());
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
             }
             drop(guard);
+            // The connection's place in the limits is held until the tunnel closes.
+            drop(hold);
         });
         let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut r = Response::new(Tracked::new(
@@ -553,6 +567,21 @@ fn source_text(e: &hyper_util::client::legacy::Error) -> String {
     s
 }
 
+/// The URL for the record, without any `user:password@` it carried.
+fn without_userinfo(uri: &Uri) -> String {
+    match uri.authority() {
+        Some(a) if a.as_str().contains('@') => {
+            let host_port = a.as_str().rsplit('@').next().unwrap_or("");
+            format!(
+                "{}://{host_port}{}",
+                uri.scheme_str().unwrap_or("http"),
+                uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+            )
+        }
+        _ => uri.to_string(),
+    }
+}
+
 /// Whether a Via header of the request names this proxy (`ours` is `1.1 NODE`).
 fn via_names(h: &HeaderMap, ours: &HeaderValue) -> bool {
     let Ok(ours) = ours.to_str() else {
@@ -565,28 +594,39 @@ fn via_names(h: &HeaderMap, ours: &HeaderValue) -> bool {
         .any(|hop| hop.trim().eq_ignore_ascii_case(ours))
 }
 
+/// The host as the policy sees it: lower case, no trailing dot, an IP literal in its one
+/// canonical spelling (IPv4-mapped IPv6 as IPv4). None for a numeric host that is not a
+/// plain IPv4 address (`2130706433`, `0x7f.1`): the resolver would take it for some
+/// address the policy never saw.
+fn canonical_host(raw: &str) -> Option<String> {
+    let h = raw
+        .trim_matches(['[', ']'])
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    if h.is_empty() {
+        return None;
+    }
+    if let Ok(ip) = h.parse::<IpAddr>() {
+        return Some(ip.to_canonical().to_string());
+    }
+    let last = h.rsplit('.').next().unwrap_or("");
+    if last.chars().all(|c| c.is_ascii_digit()) || last.starts_with("0x") {
+        return None;
+    }
+    Some(h)
+}
+
 /// (host, port) of an absolute-form `http://` target or a CONNECT authority.
 fn target(uri: &Uri, connect: bool) -> Option<(String, u16)> {
     if connect {
         let a = uri.authority()?;
-        return Some((
-            a.host().trim_matches(['[', ']']).to_ascii_lowercase(),
-            a.port_u16()?,
-        ));
+        return Some((canonical_host(a.host())?, a.port_u16()?));
     }
     if uri.scheme_str() != Some("http") {
         return None;
     }
     let a = uri.authority()?;
-    let host = a
-        .host()
-        .trim_matches(['[', ']'])
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
-    if host.is_empty() {
-        return None;
-    }
-    Some((host, a.port_u16().unwrap_or(80)))
+    Some((canonical_host(a.host())?, a.port_u16().unwrap_or(80)))
 }
 
 /// Whether the Host header (if any) names the same host and port as the target.
@@ -600,12 +640,7 @@ fn host_agrees(h: &HeaderMap, host: &str, port: u16) -> bool {
     let Ok(a) = v.parse::<http::uri::Authority>() else {
         return false;
     };
-    let hh = a
-        .host()
-        .trim_matches(['[', ']'])
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
-    hh == host && a.port_u16().unwrap_or(80) == port
+    canonical_host(a.host()).as_deref() == Some(host) && a.port_u16().unwrap_or(80) == port
 }
 
 #[cfg(test)]
@@ -641,6 +676,12 @@ mod tests {
         assert_eq!(target(&u, false), None);
         let u: Uri = "a.b:443".parse().unwrap();
         assert_eq!(target(&u, true), Some(("a.b".into(), 443)));
+        for odd in ["http://2130706433/", "http://0x7f.1/", "http://10.1/"] {
+            let u: Uri = odd.parse().unwrap();
+            assert_eq!(target(&u, false), None, "{odd}");
+        }
+        let u: Uri = "http://[::ffff:192.168.1.10]/".parse().unwrap();
+        assert_eq!(target(&u, false), Some(("192.168.1.10".into(), 80)));
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("example.com:8080"));
         assert!(host_agrees(&h, "example.com", 8080));

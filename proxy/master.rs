@@ -486,7 +486,9 @@ impl Master {
         Ok(view)
     }
 
-    /// Queued, unexpired tasks for a slave; marks them delivered.
+    /// Unexpired tasks for a slave that it has not reported on yet (a task is sent again
+    /// until the slave answers, so one lost on a dead connection is not lost for good;
+    /// the slave runs each id once).
     pub fn take_tasks(&self, node: &str) -> Vec<Task> {
         let now = ssq::sign::unix_now();
         let Ok(mut tasks) = self.tasks.lock() else {
@@ -495,7 +497,7 @@ impl Master {
         let mut out = Vec::new();
         for t in tasks
             .iter_mut()
-            .filter(|t| t.task.node == node && t.state == "queued")
+            .filter(|t| t.task.node == node && matches!(t.state.as_str(), "queued" | "delivered"))
         {
             if t.task.expires < now {
                 t.state = "expired".into();

@@ -31,6 +31,8 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Largest request body the portal reads.
 const MAX_BODY: usize = 1 << 20;
+/// Largest report batch a slave may send (its batches are at most 512 KiB of records).
+const MAX_INGEST_BODY: usize = 8 << 20;
 
 /// How a request reached the node.
 #[derive(Debug, Clone, Copy)]
@@ -157,26 +159,30 @@ pub async fn handle(node: Arc<Node>, via: Via, req: Request<Incoming>) -> Result
     if path == "/reports" || path.starts_with("/reports/") {
         return Ok(report_page(&node, &parts, &path).await);
     }
-    let body =
-        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
-            Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(_)) => {
-                return Ok(error(
-                    &node,
-                    413,
-                    "body_too_large",
-                    "request body too large or cut off (limit 1 MiB)",
-                ))
-            }
-            Err(_) => {
-                return Ok(error(
-                    &node,
-                    408,
-                    "body_timeout",
-                    "the request body did not arrive in time",
-                ))
-            }
-        };
+    let limit = if path == "/api/v1/reports/ingest" {
+        MAX_INGEST_BODY
+    } else {
+        MAX_BODY
+    };
+    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => {
+            return Ok(error(
+                &node,
+                413,
+                "body_too_large",
+                "request body too large or cut off (limit 1 MiB)",
+            ))
+        }
+        Err(_) => {
+            return Ok(error(
+                &node,
+                408,
+                "body_timeout",
+                "the request body did not arrive in time",
+            ))
+        }
+    };
     let mut caller = None;
     let actor = match via {
         Via::Admin { uid } => Actor::local(&format!("admin socket (uid {uid})")),

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use crate::node::Node;
 
 /// Largest batch, in bytes of spool records.
-const BATCH_BYTES: usize = 1 << 20;
+const BATCH_BYTES: usize = 512 << 10;
 /// Largest batch, in records.
 const BATCH_RECORDS: usize = 20_000;
 /// Longest pause between attempts while the master is away.
@@ -108,6 +108,34 @@ pub async fn run(
             _ = stopping.changed() => return,
         };
         match sent {
+            Ok(answer)
+                if answer.acked
+                    < body
+                        .records
+                        .first()
+                        .map(|r| r.seq)
+                        .unwrap_or(1)
+                        .saturating_sub(1) =>
+            {
+                // The master holds less than it acknowledged before (its store was
+                // rebuilt or restored): those records are gone from this spool and
+                // cannot be resent. Say so, and do not spin.
+                let msg = format!(
+                    "the master acknowledges only up to record {} of epoch {}, less than before: its report store lost records this slave had already deleted",
+                    answer.acked, body.epoch
+                );
+                if msg != last_error {
+                    node.files.log.warn("report", &msg);
+                    last_error = msg.clone();
+                }
+                if let Ok(mut st) = state.lock() {
+                    st.error = Some(msg);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(BACKOFF_MAX) => {}
+                    _ = stopping.changed() => return,
+                }
+            }
             Ok(answer) => {
                 backoff = Duration::from_millis(250);
                 if !last_error.is_empty() {

@@ -415,7 +415,8 @@ async fn once(
             .await
             .map_err(classify)?;
         match verdict {
-            Ok(()) => {
+            Ok(false) => {}
+            Ok(true) => {
                 node.files.log.info(
                     "restart",
                     &format!("restart task {} from the master: restarting", task.id),
@@ -433,7 +434,8 @@ async fn once(
 
 /// A task runs only when the master signed it for this node, it has not expired, and
 /// it has not run before (its id is recorded first, in data_dir/tasks_done).
-fn check_task(node: &Node, task: &ssq::syncapi::Task, master_key: &str) -> Result<(), String> {
+/// Ok(true): run it now; Ok(false): it ran before (a resend: report it done again).
+fn check_task(node: &Node, task: &ssq::syncapi::Task, master_key: &str) -> Result<bool, String> {
     let key = PublicKey::from_base64(master_key).map_err(|e| e.to_string())?;
     let msg = ssq::syncapi::task_message(&task.node, &task.id, task.expires);
     if !key.verify(msg.as_bytes(), &task.signature) {
@@ -451,7 +453,7 @@ fn check_task(node: &Node, task: &ssq::syncapi::Task, master_key: &str) -> Resul
     let done_path = node.files.startup.data_dir.join("tasks_done");
     let done = std::fs::read_to_string(&done_path).unwrap_or_default();
     if done.lines().any(|l| l.trim() == task.id) {
-        return Err("the task ran already".into());
+        return Ok(false);
     }
     use std::io::Write;
     std::fs::OpenOptions::new()
@@ -462,6 +464,7 @@ fn check_task(node: &Node, task: &ssq::syncapi::Task, master_key: &str) -> Resul
             f.write_all(format!("{}\n", task.id).as_bytes())?;
             f.sync_all()
         })
+        .map(|()| true)
         .map_err(|e| format!("cannot record the task: {e}"))
 }
 

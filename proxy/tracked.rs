@@ -102,3 +102,53 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
 
 /// What the proxy answers with: a page of its own, or the upstream's body.
 pub type ProxyBody = Tracked<Either<Full<Bytes>, Incoming>>;
+
+/// An I/O stream that counts the bytes read from it (a tunnel's two ends), so the
+/// record has the real counts however the tunnel ends (closed, reset, timed out).
+pub struct CountIo<T> {
+    /// The stream.
+    inner: T,
+    /// Bytes read so far.
+    read: Arc<AtomicU64>,
+}
+
+impl<T> CountIo<T> {
+    /// Count `inner`'s reads into `read`.
+    pub fn new(inner: T, read: Arc<AtomicU64>) -> Self {
+        CountIo { inner, read }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.read.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -6,7 +6,7 @@
 //!
 //! # SQLite schema (version 1)
 //!
-//! `data_dir/reports.db`, WAL journal, `synchronous=NORMAL`, a busy timeout of 5 s.
+//! `data_dir/reports.db`, WAL journal, `synchronous=FULL` (an acknowledged batch lets the slave delete it, so it must survive a power cut), a busy timeout of 5 s.
 //! Counts, times (Unix ms) and sequence numbers are INTEGER (values above `i64::MAX` are
 //! refused for sequence numbers and saturate elsewhere).
 //!

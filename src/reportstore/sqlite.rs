@@ -88,7 +88,7 @@ pub(super) fn uint(v: i64) -> u64 {
 }
 
 impl SqliteStore {
-    /// Open (creating when absent) the store at `path`: WAL journal, `synchronous=NORMAL`,
+    /// Open (creating when absent) the store at `path`: WAL journal, `synchronous=FULL`,
     /// busy timeout; creates or migrates the schema.
     ///
     /// # Errors
@@ -111,7 +111,7 @@ impl SqliteStore {
                 mode,
             });
         }
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
         conn.pragma_update(None, "cache_size", -32_768)
             .map_err(open_err)?;
