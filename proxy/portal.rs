@@ -575,16 +575,29 @@ async fn report_page(node: &Node, parts: &http::request::Parts, path: &str) -> R
         limit,
         bucket: bucket.into(),
     };
-    let (s, d, b, t) = (
+    let all = (
         reports.report(q("summary", 100, "")).await,
         reports.report(q("domains", 20, "")).await,
+        reports.report(q("clients", 20, "")).await,
         reports.report(q("blocked", 20, "")).await,
+        reports.report(q("nodes", 100, "")).await,
         reports.report(q("timeline", 48, "hour")).await,
     );
-    match (s, d, b, t) {
-        (Ok(s), Ok(d), Ok(b), Ok(t)) => html(
+    match all {
+        (Ok(s), Ok(d), Ok(c), Ok(b), Ok(n), Ok(t)) => html(
             200,
-            page::render(&node.files.startup.node, hours, &s, &d, &b, &t),
+            page::render(
+                &node.files.startup.node,
+                hours,
+                &page::PageData {
+                    summary: &s,
+                    domains: &d,
+                    clients: &c,
+                    blocked: &b,
+                    nodes: &n,
+                    timeline: &t,
+                },
+            ),
         ),
         _ => html(
             500,

@@ -148,15 +148,32 @@ fn bars(out: &mut String, title: &str, values: &[(String, u64)]) {
     out.push_str("</svg>");
 }
 
+/// The reports a page shows.
+pub struct PageData<'a> {
+    /// Totals and per node.
+    pub summary: &'a Report,
+    /// Top domains.
+    pub domains: &'a Report,
+    /// Top clients.
+    pub clients: &'a Report,
+    /// Top blocked.
+    pub blocked: &'a Report,
+    /// Per node: lag, gaps, duplicate names.
+    pub nodes: &'a Report,
+    /// Per hour.
+    pub timeline: &'a Report,
+}
+
 /// The page for one node's reports over the last `hours`.
-pub fn render(
-    node: &str,
-    hours: u64,
-    summary: &Report,
-    domains: &Report,
-    blocked: &Report,
-    timeline: &Report,
-) -> String {
+pub fn render(node: &str, hours: u64, data: &PageData<'_>) -> String {
+    let PageData {
+        summary,
+        domains,
+        clients,
+        blocked,
+        nodes,
+        timeline,
+    } = data;
     let mut out = String::with_capacity(16 << 10);
     let _ = write!(
         out,
@@ -211,6 +228,17 @@ pub fn render(
     );
     table(
         &mut out,
+        "Top clients",
+        &[
+            ("client", "client"),
+            ("requests", "requests"),
+            ("blocked", "blocked"),
+            ("bytes", "bytes"),
+        ],
+        &clients.rows,
+    );
+    table(
+        &mut out,
         "Blocked",
         &[
             ("domain", "domain"),
@@ -218,6 +246,19 @@ pub fn render(
             ("requests", "requests"),
         ],
         &blocked.rows,
+    );
+    table(
+        &mut out,
+        "Nodes (lag, lost records, two slaves under one name)",
+        &[
+            ("node", "node"),
+            ("requests", "requests"),
+            ("acked", "acked"),
+            ("lag_ms", "lag (ms)"),
+            ("gaps", "lost records"),
+            ("duplicate_name", "two live spools"),
+        ],
+        &nodes.rows,
     );
     let series: Vec<(String, u64)> = timeline
         .rows
@@ -263,13 +304,18 @@ mod tests {
             rows: vec![serde_json::json!({"domain": "<script>alert(1)</script>", "requests": 3})],
             ..Report::default()
         };
+        let empty = Report::default();
         let page = render(
             "m",
             24,
-            &summary,
-            &domains,
-            &Report::default(),
-            &Report::default(),
+            &PageData {
+                summary: &summary,
+                domains: &domains,
+                clients: &empty,
+                blocked: &empty,
+                nodes: &empty,
+                timeline: &empty,
+            },
         );
         assert!(!page.contains("<script>"));
         assert!(page.contains("&lt;script&gt;"));

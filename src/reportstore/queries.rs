@@ -170,17 +170,64 @@ fn counts_by_node(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Records lost per node in the range: the union of the gap records' ranges per epoch
+/// (a full spool may declare one range again, overlapping, when it drops a segment that
+/// held an unacknowledged gap record).
+fn lost_by_node(conn: &Connection, r: &Range<'_>) -> Result<BTreeMap<String, u64>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT node, epoch, from_seq, to_seq FROM gaps WHERE {RANGE}"
+    ))?;
+    let rows = stmt.query_map(params![r.from, r.to, r.node], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            uint(row.get::<_, i64>(2)?),
+            uint(row.get::<_, i64>(3)?),
+        ))
+    })?;
+    let mut ranges: BTreeMap<(String, String), Vec<(u64, u64)>> = BTreeMap::new();
+    for row in rows {
+        let (node, epoch, from, to) = row?;
+        ranges.entry((node, epoch)).or_default().push((from, to));
+    }
+    let mut out = BTreeMap::new();
+    for ((node, _), v) in ranges {
+        *out.entry(node).or_insert(0) += union_len(v);
+    }
+    Ok(out)
+}
+
+/// How many integers the ranges cover together.
+pub(super) fn union_len(mut v: Vec<(u64, u64)>) -> u64 {
+    v.sort_unstable();
+    let mut total = 0u64;
+    let mut cur: Option<(u64, u64)> = None;
+    for (a, b) in v {
+        if b < a {
+            continue;
+        }
+        match cur {
+            Some((ca, cb)) if a <= cb.saturating_add(1) => cur = Some((ca, cb.max(b))),
+            Some((ca, cb)) => {
+                total += cb - ca + 1;
+                cur = Some((a, b));
+            }
+            None => cur = Some((a, b)),
+        }
+    }
+    if let Some((ca, cb)) = cur {
+        total += cb - ca + 1;
+    }
+    total
+}
+
 fn nodes(conn: &Connection, r: &Range<'_>, now_ms: u64) -> Result<Vec<Value>, StoreError> {
     let requests = counts_by_node(
         conn,
         &format!("SELECT node, count(*) FROM requests WHERE {RANGE} GROUP BY node"),
         r,
     )?;
-    let lost = counts_by_node(
-        conn,
-        &format!("SELECT node, sum(to_seq - from_seq + 1) FROM gaps WHERE {RANGE} GROUP BY node"),
-        r,
-    )?;
+    let lost = lost_by_node(conn, r)?;
     let all = progress(conn)?;
     let duplicates = duplicate_names(&all, now_ms);
     let (from, to) = (uint(r.from), uint(r.to));
@@ -249,8 +296,7 @@ fn timeline(conn: &Connection, r: &Range<'_>, bucket_ms: i64) -> Result<Vec<Valu
 pub(super) fn progress(conn: &Connection) -> Result<Vec<NodeProgress>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT p.node, p.epoch, p.acked, p.last_time_ms, p.records, \
-         (SELECT sum(g.to_seq - g.from_seq + 1) FROM gaps g \
-          WHERE g.node = p.node AND g.epoch = p.epoch), \
+         0, \
          p.first_seen_ms, p.last_ingest_ms FROM progress p ORDER BY p.node, p.epoch",
     )?;
     let u = |row: &Row<'_>, i: usize| -> rusqlite::Result<u64> {
@@ -268,5 +314,25 @@ pub(super) fn progress(conn: &Connection) -> Result<Vec<NodeProgress>, StoreErro
             last_ingest_ms: u(row, 7)?,
         })
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut all: Vec<NodeProgress> = rows.collect::<Result<_, _>>()?;
+    // Lost records: the union of each (node, epoch)'s gap ranges.
+    let mut gaps = conn.prepare_cached("SELECT node, epoch, from_seq, to_seq FROM gaps")?;
+    let mut ranges: BTreeMap<(String, String), Vec<(u64, u64)>> = BTreeMap::new();
+    for row in gaps.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            uint(row.get::<_, i64>(2)?),
+            uint(row.get::<_, i64>(3)?),
+        ))
+    })? {
+        let (node, epoch, from, to) = row?;
+        ranges.entry((node, epoch)).or_default().push((from, to));
+    }
+    for p in &mut all {
+        if let Some(v) = ranges.remove(&(p.node.clone(), p.epoch.clone())) {
+            p.gaps = union_len(v);
+        }
+    }
+    Ok(all)
 }

@@ -550,3 +550,14 @@ fn ingest_rate_print() {
         start.elapsed()
     );
 }
+
+#[test]
+fn overlapping_gap_ranges_count_once() {
+    assert_eq!(
+        super::queries::union_len(vec![(1, 18), (6, 22), (9, 26), (1, 34)]),
+        34
+    );
+    assert_eq!(super::queries::union_len(vec![(1, 2), (4, 5)]), 4);
+    assert_eq!(super::queries::union_len(vec![(3, 4), (5, 6)]), 4);
+    assert_eq!(super::queries::union_len(vec![]), 0);
+}
