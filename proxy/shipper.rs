@@ -8,8 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ssq::client::{ClientError, ClientOptions, Conn, NodeSigner, Portal};
-use ssq::keys::SigningKey;
+use ssq::client::{ClientError, ClientOptions, Conn, Portal};
 use ssq::reportapi::{IngestAnswer, IngestBatch};
 use ssq::spool::Spool;
 use tokio::sync::Notify;
@@ -42,29 +41,8 @@ pub async fn run(
     let Some(master) = node.files.startup.master.as_ref().map(|m| m.to_string()) else {
         return;
     };
-    let key = match SigningKey::load(&node.files.startup.data_dir.join("node.key")) {
-        Ok(k) => Arc::new(k),
-        Err(e) => {
-            node.files
-                .log
-                .warn("report", &format!("cannot load this node's key: {e}"));
-            return;
-        }
-    };
-    let opts = ClientOptions {
-        bind: node.files.startup.outgoing_bind(),
-        ca: None,
-        fingerprint: None,
-        strict_pins: false,
-        known_nodes: node.files.startup.data_dir.join("master_known_nodes"),
-        operator_key: None,
-        timeout: Duration::from_secs(30),
-        sender: node.files.startup.node.clone(),
-        trust_on_connect: false,
-        node_signer: Some(NodeSigner {
-            activation: node.activation.clone(),
-            key,
-        }),
+    let Some(opts) = crate::slave::master_client(&node, "report", Duration::from_secs(30)) else {
+        return;
     };
     let mut stopping = node.stopping.subscribe();
     let mut conn: Option<Conn> = None;

@@ -224,6 +224,36 @@ fn jittered(d: Duration) -> Duration {
     Duration::from_millis(ms / 2 + r % (ms / 2 + 1))
 }
 
+/// How this slave talks to its master (sync and report shipping alike): bound to its
+/// own address, the master's certificate pinned in data_dir, signed with the activation
+/// key and this node's key. None (logged under `category`) when the node key is unusable.
+pub fn master_client(node: &Node, category: &str, timeout: Duration) -> Option<ClientOptions> {
+    let key = match SigningKey::load(&node.files.startup.data_dir.join("node.key")) {
+        Ok(k) => Arc::new(k),
+        Err(e) => {
+            node.files
+                .log
+                .warn(category, &format!("cannot load this node's key: {e}"));
+            return None;
+        }
+    };
+    Some(ClientOptions {
+        bind: node.files.startup.outgoing_bind(),
+        ca: None,
+        fingerprint: None,
+        strict_pins: false,
+        known_nodes: known_nodes_path(node),
+        operator_key: None,
+        timeout,
+        sender: node.files.startup.node.clone(),
+        trust_on_connect: false,
+        node_signer: Some(NodeSigner {
+            activation: node.activation.clone(),
+            key,
+        }),
+    })
+}
+
 /// The sync loop; returns when the node stops.
 pub async fn run(node: Arc<Node>) {
     let Some(master) = node.files.startup.master.clone() else {
@@ -231,29 +261,8 @@ pub async fn run(node: Arc<Node>) {
     };
     let master = master.to_string();
     let mut stopping = node.stopping.subscribe();
-    let key = match SigningKey::load(&node.files.startup.data_dir.join("node.key")) {
-        Ok(k) => Arc::new(k),
-        Err(e) => {
-            node.files
-                .log
-                .warn("sync", &format!("cannot load this node's key: {e}"));
-            return;
-        }
-    };
-    let opts = ClientOptions {
-        bind: node.files.startup.outgoing_bind(),
-        ca: None,
-        fingerprint: None,
-        strict_pins: false,
-        known_nodes: known_nodes_path(&node),
-        operator_key: None,
-        timeout: Duration::from_secs(WATCH_SECS + 15),
-        sender: node.files.startup.node.clone(),
-        trust_on_connect: false,
-        node_signer: Some(NodeSigner {
-            activation: node.activation.clone(),
-            key,
-        }),
+    let Some(opts) = master_client(&node, "sync", Duration::from_secs(WATCH_SECS + 15)) else {
+        return;
     };
     node.files
         .log
