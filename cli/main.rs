@@ -25,11 +25,6 @@ use crate::output::{print_failure, Failure};
 use crate::target::Ctx;
 
 fn main() -> ExitCode {
-    // Writing to a closed pipe ends the process quietly, as `head` expects.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
     let format = cli.global.output;
     let rt = match tokio::runtime::Builder::new_current_thread()

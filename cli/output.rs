@@ -97,9 +97,24 @@ pub fn emit<T: Serialize>(
     };
     let text = text.trim_end();
     if !text.is_empty() {
-        println!("{text}");
+        print_out(&format!("{text}\n"));
     }
     Ok(())
+}
+
+/// Write to stdout. A closed stdout (`ssq ... | head`) ends the program quietly with
+/// success, as ripgrep does; SIGPIPE itself stays ignored (Rust's default), so a peer that
+/// closes a socket mid-request is an error with a message, never a silent death.
+pub fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("ssq: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
 }
 
 /// A table with a header row.

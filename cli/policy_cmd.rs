@@ -223,7 +223,7 @@ async fn apply(ctx: &Ctx, a: PolicyApplyArgs) -> Result<(), Failure> {
     }
     // Table mode: say what was stored now, then wait.
     if ctx.g.output == crate::args::Format::Table {
-        println!("{}", human());
+        crate::output::print_out(&format!("{}\n", human()));
     }
     let deadline = start + ctx.g.timeout;
     let w = wait(&mut t, &applied, deadline, ctx.g.timeout).await?;

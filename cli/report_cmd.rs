@@ -152,7 +152,7 @@ pub async fn run(ctx: &Ctx, a: ReportArgs) -> Result<(), Failure> {
     let report: Report = t.get_json(&path).await?;
     let cols = columns(a.kind);
     if ctx.g.output == Format::Csv {
-        print!("{}", csv(cols, &report.rows));
+        crate::output::print_out(&csv(cols, &report.rows));
         return Ok(());
     }
     emit(ctx.g.output, &report, || {

@@ -159,7 +159,8 @@ pub async fn handle(node: Arc<Node>, via: Via, req: Request<Incoming>) -> Result
     if path == "/reports" || path.starts_with("/reports/") {
         return Ok(report_page(&node, &parts, &path).await);
     }
-    let limit = if path == "/api/v1/reports/ingest" {
+    // Report batches and whole policies (100,000 domains is a few MiB) may be large.
+    let limit = if path == "/api/v1/reports/ingest" || path == "/api/v1/policy" {
         MAX_INGEST_BODY
     } else {
         MAX_BODY
