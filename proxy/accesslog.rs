@@ -200,11 +200,15 @@ async fn write_loop(
             _ = sync_tick.tick() => {
                 if let (Some(sp), true) = (&spooling, dirty) {
                     dirty = false;
-                    let r = sp.spool.lock().map_err(|_| "spool lock poisoned".to_string())
-                        .and_then(|mut s| {
-                            let notes = s.take_notes();
-                            s.flush().map(|()| notes).map_err(|e| e.to_string())
-                        });
+                    // The fsync may take a while: let the runtime move other work off
+                    // this thread meanwhile.
+                    let r = tokio::task::block_in_place(|| {
+                        sp.spool.lock().map_err(|_| "spool lock poisoned".to_string())
+                            .and_then(|mut s| {
+                                let notes = s.take_notes();
+                                s.flush().map(|()| notes).map_err(|e| e.to_string())
+                            })
+                    });
                     match r {
                         Ok(notes) => {
                             for n in notes {

@@ -52,7 +52,8 @@ pub async fn run(
         if *stopping.borrow() {
             return;
         }
-        let (epoch, batch) = match spool.lock() {
+        // Disk reads (and the fsync before them) must not stall a runtime worker.
+        let (epoch, batch) = match tokio::task::block_in_place(|| spool.lock()) {
             Ok(mut s) => {
                 let after = s.acked();
                 let epoch = s.epoch().to_string();
@@ -122,10 +123,12 @@ pub async fn run(
                         .info("report", &format!("shipping to {master} again"));
                     last_error.clear();
                 }
-                let acked = spool
-                    .lock()
-                    .map_err(|_| "spool lock poisoned".to_string())
-                    .and_then(|mut s| s.ack(answer.acked).map_err(|e| e.to_string()));
+                let acked = tokio::task::block_in_place(|| {
+                    spool
+                        .lock()
+                        .map_err(|_| "spool lock poisoned".to_string())
+                        .and_then(|mut s| s.ack(answer.acked).map_err(|e| e.to_string()))
+                });
                 if let Err(e) = acked {
                     node.files
                         .log
@@ -134,6 +137,18 @@ pub async fn run(
                 if let Ok(mut st) = state.lock() {
                     st.error = None;
                     st.batches += 1;
+                }
+                // Unless the spool is more than a batch behind, wait for the writer's
+                // next sync (every fsync_ms) instead of sending a trickle of tiny
+                // batches, each a signed request, an ack fsync here and a commit fsync
+                // on the master.
+                let waiting = spool.lock().map(|s| s.stats().pending_records).unwrap_or(0);
+                if waiting <= body.records.len() as u64 {
+                    tokio::select! {
+                        _ = flushed.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stopping.changed() => return,
+                    }
                 }
             }
             Err(e) => {
