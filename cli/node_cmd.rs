@@ -55,6 +55,21 @@ fn render_status(s: &Status, key_note: &str) -> String {
                 .unwrap_or_default(),
         ));
     }
+    if let Some(r) = &s.report {
+        out.push_str(&format!(
+            "
+report spool (epoch {}): {} records spooled, {} acknowledged by the master, {} pending, {} bytes on disk{}",
+            r.epoch,
+            r.spooled,
+            r.acked,
+            r.pending,
+            r.bytes_on_disk,
+            r.error
+                .as_ref()
+                .map(|e| format!(" (shipping error: {e})"))
+                .unwrap_or_default()
+        ));
+    }
     if let Some(slaves) = &s.slaves {
         let rows: Vec<Vec<String>> = slaves
             .iter()
@@ -66,6 +81,20 @@ fn render_status(s: &Status, key_note: &str) -> String {
                     x.sha256.chars().take(12).collect(),
                     x.last_seen.clone(),
                     x.address.clone(),
+                    match &x.report {
+                        Some(r) => format!(
+                            "acked {}, lag {:.1} s, lost {}{}",
+                            r.acked,
+                            r.lag_ms as f64 / 1000.0,
+                            r.gaps,
+                            if r.duplicate_name {
+                                ", TWO LIVE SPOOLS"
+                            } else {
+                                ""
+                            }
+                        ),
+                        None => "-".into(),
+                    },
                     x.error.clone().unwrap_or_default(),
                 ]
             })
@@ -79,6 +108,7 @@ fn render_status(s: &Status, key_note: &str) -> String {
                 "sha256",
                 "last seen",
                 "address",
+                "reports",
                 "error",
             ],
             rows,
