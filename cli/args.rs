@@ -377,6 +377,10 @@ pub enum ReportKind {
     Nodes,
     /// Per minute (or hour).
     Timeline,
+    /// The slaves' extended.log events, as the master keeps them.
+    Events,
+    /// Each slave's latest statistics (requests, blocked, connections, bytes, spool).
+    Stats,
     /// Print a link that opens the HTML report page in a browser (single use, 60 s).
     Open,
 }

@@ -83,7 +83,7 @@ report spool (epoch {}): {} records spooled, {} acknowledged by the master, {} p
                     x.address.clone(),
                     match &x.report {
                         Some(r) => format!(
-                            "acked {}, lag {:.1} s, lost {}{}",
+                            "acked {}, lag {:.1} s, lost {}{}{}",
                             r.acked,
                             r.lag_ms as f64 / 1000.0,
                             r.gaps,
@@ -91,7 +91,14 @@ report spool (epoch {}): {} records spooled, {} acknowledged by the master, {} p
                                 ", TWO LIVE SPOOLS"
                             } else {
                                 ""
-                            }
+                            },
+                            r.stats
+                                .as_ref()
+                                .map(|st| format!(
+                                    "; {} requests, {} blocked, {} open connections",
+                                    st.requests, st.blocked, st.active_connections
+                                ))
+                                .unwrap_or_default()
                         ),
                         None => "-".into(),
                     },

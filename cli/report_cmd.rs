@@ -58,6 +58,8 @@ fn kind_name(k: ReportKind) -> &'static str {
         ReportKind::Blocked => "blocked",
         ReportKind::Nodes => "nodes",
         ReportKind::Timeline => "timeline",
+        ReportKind::Events => "events",
+        ReportKind::Stats => "stats",
         ReportKind::Open => "open",
     }
 }
@@ -80,6 +82,16 @@ fn columns(k: ReportKind) -> &'static [&'static str] {
             "duplicate_name",
         ],
         ReportKind::Timeline => &["bucket_start_ms", "requests", "blocked", "bytes"],
+        ReportKind::Events => &["node", "time_ms", "line"],
+        ReportKind::Stats => &[
+            "node",
+            "time_ms",
+            "requests",
+            "blocked",
+            "active_connections",
+            "bytes",
+            "spool_depth",
+        ],
         ReportKind::Open => &[],
     }
 }

@@ -137,6 +137,7 @@ impl Node {
             return slaves;
         };
         let progress = reports.cached_progress();
+        let stats = reports.cached_stats();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -152,6 +153,10 @@ impl Node {
                     lag_ms: now.saturating_sub(p.last_time_ms),
                     gaps: mine.iter().map(|p| p.gaps).sum(),
                     duplicate_name: duplicates.contains(&s.name),
+                    stats: stats
+                        .iter()
+                        .find(|(n, _)| *n == s.name)
+                        .map(|(_, st)| st.clone()),
                 });
             }
         }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 
-use ssq::reportapi::{IngestAnswer, Report, ReportQuery, SpoolRecord};
+use ssq::reportapi::{IngestAnswer, Report, ReportQuery, SpoolRecord, Stats};
 use ssq::reportstore::{NodeProgress, ReportStore, SqliteStore};
 use tokio::sync::oneshot;
 
@@ -31,6 +31,31 @@ pub struct Reports {
     tx: mpsc::Sender<Job>,
     /// Progress per (node, epoch) after the last ingest, for status.
     progress: Arc<Mutex<Vec<NodeProgress>>>,
+    /// Each node's latest statistics, refreshed at most every 5 s.
+    stats: Arc<Mutex<Vec<(String, Stats)>>>,
+}
+
+fn latest_stats(store: &SqliteStore) -> Vec<(String, Stats)> {
+    let q = ReportQuery {
+        kind: "stats".into(),
+        from_ms: 0,
+        to_ms: 0,
+        slave: None,
+        limit: 10_000,
+        bucket: String::new(),
+    };
+    store
+        .report(&q)
+        .map(|r| {
+            r.rows
+                .into_iter()
+                .filter_map(|v| {
+                    let node = v.get("node")?.as_str()?.to_string();
+                    Some((node, serde_json::from_value::<Stats>(v).ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn gone() -> ApiError {
@@ -48,6 +73,9 @@ impl Reports {
         let (tx, rx) = mpsc::channel::<Job>();
         let progress = Arc::new(Mutex::new(store.progress().unwrap_or_default()));
         let cache = progress.clone();
+        let stats = Arc::new(Mutex::new(latest_stats(&store)));
+        let stats_cache = stats.clone();
+        let mut stats_at = std::time::Instant::now();
         std::thread::Builder::new()
             .name("ssq-reports".into())
             .spawn(move || {
@@ -66,6 +94,12 @@ impl Reports {
                             if let (Ok(p), Ok(mut c)) = (store.progress(), cache.lock()) {
                                 *c = p;
                             }
+                            if stats_at.elapsed() >= std::time::Duration::from_secs(5) {
+                                stats_at = std::time::Instant::now();
+                                if let Ok(mut c) = stats_cache.lock() {
+                                    *c = latest_stats(&store);
+                                }
+                            }
                         }
                         Job::Report { query, reply } => {
                             let _ = reply.send(store.report(&query).map_err(|e| e.to_string()));
@@ -73,7 +107,16 @@ impl Reports {
                     }
                 }
             })?;
-        Ok(Reports { tx, progress })
+        Ok(Reports {
+            tx,
+            progress,
+            stats,
+        })
+    }
+
+    /// Each node's latest statistics (as of at most 5 s ago).
+    pub fn cached_stats(&self) -> Vec<(String, Stats)> {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Progress as of the last ingest.

@@ -189,6 +189,9 @@ pub struct SlaveReport {
     /// Two live spools under this name (two slaves with one name?).
     #[serde(default)]
     pub duplicate_name: bool,
+    /// Its latest statistics record.
+    #[serde(default)]
+    pub stats: Option<crate::reportapi::Stats>,
 }
 
 /// A refused sync attempt (wrong activation key, changed node key, ...).

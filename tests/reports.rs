@@ -1047,4 +1047,48 @@ fn status_shows_spool_and_shipping() {
     assert!(rr["last_time_ms"].as_u64().unwrap_or(0) > 0, "{ms}");
     assert_eq!(rr["gaps"], 0, "{ms}");
     assert_eq!(rr["duplicate_name"], false, "{ms}");
+    // The slave's statistics and events reached the master too: its latest statistics
+    // record shows in status (refreshed within 5 s) and `ssq report stats`, and its
+    // extended.log events in `ssq report events`.
+    let stats = eventually(
+        Duration::from_secs(15),
+        "the slave's statistics on the master",
+        || {
+            let ms = master.status(&env);
+            let st = slave_row(&ms, "r6")?["report"]["stats"].clone();
+            st.is_object().then_some(st)
+        },
+    );
+    assert!(stats["time_ms"].as_u64().unwrap_or(0) > 0, "{stats}");
+    assert!(stats.get("spool_depth").is_some(), "{stats}");
+    let rs = env.ssq_json(&["report", "stats", "--master", &master.portal]);
+    let row = rs["rows"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["node"] == "r6"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(row["requests"].is_u64(), "{rs}");
+    let ev = env.ssq_json(&[
+        "report",
+        "events",
+        "--master",
+        &master.portal,
+        "--limit",
+        "1000",
+    ]);
+    let lines: Vec<&str> = ev["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter(|r| r["node"] == "r6")
+                .filter_map(|r| r["line"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("sync: synchronized section: rules")),
+        "the slave's sync events did not reach the master: {lines:?}"
+    );
 }

@@ -78,8 +78,8 @@ pub const MAX_LIMIT: u32 = 10_000;
 pub const LIVE_WINDOW_MS: u64 = 60_000;
 
 /// The report kinds, in the order the CLI lists them.
-pub const REPORT_KINDS: [&str; 6] = [
-    "summary", "domains", "clients", "blocked", "nodes", "timeline",
+pub const REPORT_KINDS: [&str; 8] = [
+    "summary", "domains", "clients", "blocked", "nodes", "timeline", "events", "stats",
 ];
 
 /// What went wrong in the store.

@@ -72,7 +72,52 @@ pub(super) fn report(
         "blocked" => out.rows = blocked(conn, &range)?,
         "nodes" => out.rows = nodes(conn, &range, now_ms)?,
         "timeline" => out.rows = timeline(conn, &range, bucket_ms)?,
+        "events" => out.rows = events(conn, &range)?,
+        "stats" => out.rows = latest_stats(conn, &range)?,
         other => return Err(StoreError::UnknownReport(other.into())),
+    }
+    Ok(out)
+}
+
+/// The slaves' extended.log events in the range, the newest `limit`, oldest first:
+/// `{node, time_ms (the master's ingest time), line}`.
+fn events(conn: &Connection, r: &Range<'_>) -> Result<Vec<Value>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT node, time_ms, line FROM events WHERE {RANGE} \
+         ORDER BY time_ms DESC, seq DESC LIMIT ?4"
+    ))?;
+    let mut rows: Vec<Value> = stmt
+        .query_map(params![r.from, r.to, r.node, r.limit], |row| {
+            Ok(serde_json::json!({
+                "node": row.get::<_, String>(0)?,
+                "time_ms": uint(row.get::<_, i64>(1)?),
+                "line": row.get::<_, String>(2)?,
+            }))
+        })?
+        .collect::<Result<_, _>>()?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// Each node's latest statistics record in the range: `{node, time_ms, requests,
+/// blocked, active_connections, bytes, spool_depth}`.
+fn latest_stats(conn: &Connection, r: &Range<'_>) -> Result<Vec<Value>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT node, json FROM stats s WHERE {RANGE} AND time_ms = \
+         (SELECT max(time_ms) FROM stats t WHERE t.node = s.node AND t.time_ms >= ?1 AND t.time_ms < ?2) \
+         GROUP BY node ORDER BY node LIMIT ?4"
+    ))?;
+    let rows = stmt.query_map(params![r.from, r.to, r.node, r.limit], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (node, json) = row?;
+        let mut v: Value = serde_json::from_str(&json)?;
+        if let Value::Object(m) = &mut v {
+            m.insert("node".into(), Value::String(node));
+        }
+        out.push(v);
     }
     Ok(out)
 }
