@@ -41,10 +41,16 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // An absolute path keeps every relative path of the node stable across restarts.
     let config = std::fs::canonicalize(&args.config).unwrap_or(args.config);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    // SSQD_WORKER_THREADS: the runtime's worker threads (default: one per core).
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("SSQD_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
     {
+        builder.worker_threads(n);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ssqd: cannot start the runtime: {e}");
