@@ -39,6 +39,8 @@ pub struct Proxy {
     pub log: Arc<AccessLog>,
     /// `Via` value: `1.1 NODE`.
     via: HeaderValue,
+    /// This node's own listeners: never a forwarding target.
+    own: Vec<SocketAddr>,
 }
 
 /// Hop-by-hop headers never forwarded (RFC 9110 7.6.1, plus the proxy ones).
@@ -123,11 +125,14 @@ impl Proxy {
             .build(http);
         let via = HeaderValue::from_str(&format!("1.1 {}", node.files.startup.node))
             .unwrap_or(HeaderValue::from_static("1.1 ssq"));
+        let mut own = vec![node.portal_addr];
+        own.extend(node.proxy_addr);
         Arc::new(Proxy {
             node,
             client,
             log,
             via,
+            own,
         })
     }
 
@@ -138,12 +143,6 @@ impl Proxy {
             .get()
             .map(|a| *a.matcher.limits())
             .unwrap_or_default()
-    }
-
-    fn own_listeners(&self) -> Vec<SocketAddr> {
-        let mut v = vec![self.node.portal_addr];
-        v.extend(self.node.proxy_addr);
-        v
     }
 
     /// A page of our own, with its record.
@@ -331,18 +330,15 @@ impl Proxy {
                 guard,
             );
         }
-        let method = req.method().as_str().to_string();
-        let url = guard.rec.url.clone();
         let d = active.matcher.decide(&PolicyRequest {
             client: client.ip(),
-            method: &method,
+            method: req.method().as_str(),
             host: &host,
             port,
-            url: &url,
+            url: &guard.rec.url,
             connect: is_connect,
         });
-        guard.rec.rule = d.rule.clone();
-        let node = self.node.files.startup.node.clone();
+        guard.rec.rule.clone_from(&d.rule);
         match d.action {
             Verdict::Allow => {}
             Verdict::ClientDenied => {
@@ -366,7 +362,12 @@ impl Proxy {
             Verdict::Deny => {
                 guard.rec.action = "blocked".into();
                 let status = if is_connect { 403 } else { 451 };
-                let html = pages::blocked(d.rule.as_deref(), d.message.as_deref(), &url, &node);
+                let html = pages::blocked(
+                    d.rule.as_deref(),
+                    d.message.as_deref(),
+                    &guard.rec.url,
+                    &self.node.files.startup.node,
+                );
                 return self.page(status, html, guard);
             }
         }
@@ -408,10 +409,10 @@ impl Proxy {
         .await
         .map_err(|_| (504, format!("resolving {host} timed out")))?
         .map_err(|e| (502, format!("cannot resolve {host}: {e}")))?;
-        let own = self.own_listeners();
+        let own = &self.own;
         let mut refused = None;
         for a in lookup {
-            match forbidden_target(a, &own) {
+            match forbidden_target(a, own) {
                 None => return Ok(a),
                 Some(why) => refused = Some(format!("{host}:{port} ({a}): {why}")),
             }
