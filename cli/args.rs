@@ -104,8 +104,12 @@ pub enum Cmd {
     Restart(RestartArgs),
     /// Show a node's status (default: the master).
     Status(NodeArg),
-    /// Show the last lines of a node's extended.log.
+    /// Show (or follow) a node's extended.log; the master's copy when a slave is away.
     Logs(LogsArgs),
+    /// Check the whole cluster: every slave against the master (exit 0 all pass).
+    Verify(VerifyArgs),
+    /// Run the troubleshooting steps for one node and name the one that fails.
+    Doctor(DoctorArgs),
     /// Certificates of nodes.
     #[command(subcommand)]
     Node(NodeCmd),
@@ -448,9 +452,61 @@ pub struct LogsArgs {
     /// The node (name or HOST:PORT of its portal).
     #[arg(long)]
     pub node: Option<String>,
-    /// How many lines.
+    /// How many lines (the last N that match).
     #[arg(short = 'n', long = "lines", default_value_t = 100)]
     pub lines: usize,
+    /// Keep printing new lines as they are written, until interrupted.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only lines containing this text.
+    #[arg(long, value_name = "TEXT")]
+    pub grep: Option<String>,
+    /// Only this category: sync, portal, access, config, restart, report.
+    #[arg(long)]
+    pub category: Option<String>,
+    /// The master, for its copy of a slave's events when the slave cannot be reached
+    /// (default: the inventory's).
+    #[arg(long)]
+    pub master: Option<String>,
+}
+
+/// `ssq verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The master (name or HOST:PORT; default: the inventory's).
+    #[arg(long)]
+    pub master: Option<String>,
+    /// Only these slaves (repeat the flag); default: --all.
+    #[arg(long = "slave", value_name = "NAME", conflicts_with = "all")]
+    pub slaves: Vec<String>,
+    /// Every slave in the inventory and every slave the master knows (the default).
+    #[arg(long)]
+    pub all: bool,
+    /// Publish a probe revision and measure how long until every slave applies it.
+    #[arg(long)]
+    pub probe_policy: bool,
+    /// The longest --probe-policy may take before it fails.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub probe_policy_limit: std::time::Duration,
+    /// Send a request for http://ssq.probe/NONCE through each slave's proxy and wait for
+    /// its record in the master's reports.
+    #[arg(long)]
+    pub probe_traffic: bool,
+    /// The largest report lag that passes (records a slave wrote but the master does not
+    /// hold yet).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub max_report_lag: std::time::Duration,
+    /// The largest clock difference to the master that passes.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub max_clock_skew: std::time::Duration,
+}
+
+/// `ssq doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The node (name or HOST:PORT of its portal).
+    #[arg(long)]
+    pub node: Option<String>,
 }
 
 /// `ssq node ...`.

@@ -5,7 +5,9 @@
 
 mod access_cmd;
 mod args;
+mod doctor_cmd;
 mod key_cmd;
+mod logs_cmd;
 mod man_cmd;
 mod master_cmd;
 mod node_cmd;
@@ -15,17 +17,29 @@ mod policy_cmd;
 mod report_cmd;
 mod slave_cmd;
 mod target;
+mod verify_cmd;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::args::{Cli, Cmd, MasterSub};
 use crate::output::{print_failure, Failure};
 use crate::target::Ctx;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    // `ssq verify` covers a whole cluster: its default limit is 60 s, not 30 s.
+    if matches!(cli.command, Cmd::Verify(_))
+        && matches.value_source("timeout") == Some(ValueSource::DefaultValue)
+    {
+        cli.global.timeout = std::time::Duration::from_secs(60);
+    }
     let format = cli.global.output;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -58,6 +72,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
     let ctx = Ctx::new(cli.global)?;
     let deadline = ctx.g.timeout;
+    // `ssq logs --follow` runs until interrupted: no overall limit.
+    let endless = matches!(&cli.command, Cmd::Logs(l) if l.follow);
     let work = async {
         match cli.command {
             Cmd::Key(k) => key_cmd::run(&ctx, k),
@@ -70,12 +86,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Cmd::Report(r) => report_cmd::run(&ctx, r).await,
             Cmd::Restart(r) => node_cmd::restart(&ctx, r).await,
             Cmd::Status(n) => node_cmd::status(&ctx, n).await,
-            Cmd::Logs(l) => node_cmd::logs(&ctx, l).await,
+            Cmd::Logs(l) => logs_cmd::run(&ctx, l).await,
+            Cmd::Verify(v) => verify_cmd::run(&ctx, v).await,
+            Cmd::Doctor(d) => doctor_cmd::run(&ctx, d).await,
             Cmd::Node(n) => node_cmd::node(&ctx, n).await,
             Cmd::Operator(o) => operator_cmd::run(&ctx, o).await,
             Cmd::GenerateMan { dir } => man_cmd::run(&dir),
         }
     };
+    if endless {
+        return work.await;
+    }
     // One overall limit, a little above the per-call limit so a call's own timeout
     // (with its clearer message) fires first.
     match tokio::time::timeout(

@@ -1,4 +1,4 @@
-//! Node-level commands: `ssq status`, `ssq restart`, `ssq logs`, `ssq node trust`.
+//! Node-level commands: `ssq status`, `ssq restart`, `ssq node trust`.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -9,7 +9,7 @@ use ssq::client::{with_default_port, ClientOptions, Portal};
 use ssq::keys::ActivationKey;
 use ssq::pins::{KnownNodes, Pin};
 
-use crate::args::{LogsArgs, NodeArg, NodeCmd, RestartArgs, Via};
+use crate::args::{NodeArg, NodeCmd, RestartArgs, Via};
 use crate::output::{emit, kv, table, Failure};
 use crate::target::Ctx;
 
@@ -264,16 +264,6 @@ pub async fn wait_new_boot(ctx: &Ctx, node: Option<&str>, old: &str) -> Result<S
             humantime::format_duration(ctx.g.timeout)
         ),
     ))
-}
-
-/// Run `ssq logs`.
-///
-/// # Errors
-/// As the call.
-pub async fn logs(ctx: &Ctx, a: LogsArgs) -> Result<(), Failure> {
-    let mut t = ctx.target(a.node.as_deref()).await?;
-    let l = t.logs(a.lines).await?;
-    emit(ctx.g.output, &l, || l.lines.join("\n"))
 }
 
 /// Run `ssq node ...`.

@@ -377,6 +377,7 @@ impl Target {
         match self {
             Target::Files(f, _) => Ok(LogLines {
                 lines: ssq::extlog::tail(f.log.path(), n)?,
+                cursor: 0,
             }),
             _ => {
                 self.call("GET", &format!("/api/v1/logs?n={n}"), None::<&()>, "")

@@ -6,6 +6,7 @@ mod active;
 mod apierror;
 mod connlimit;
 mod daemon;
+mod diagnose;
 mod forward;
 mod framing;
 mod handover;

@@ -111,6 +111,10 @@ impl Node {
                 _ => None,
             },
             report: self.report_status(),
+            now_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
         }
     }
 }

@@ -268,6 +268,13 @@ pub async fn handle(node: Arc<Node>, via: Via, req: Request<Incoming>) -> Result
             }
         }
     };
+    if crate::diagnose::serves(&path) {
+        let answer = crate::diagnose::route(&node, parts.method.as_str(), &path).await;
+        return Ok(match answer {
+            Ok((status, value)) => json(&node, status, &value),
+            Err(e) => error(&node, e.status, e.code, &e.message),
+        });
+    }
     if crate::sync_api::serves(&path) {
         let answer = crate::sync_api::route(
             &node,
@@ -434,7 +441,7 @@ fn route(
                 .unwrap_or(100)
                 .min(100_000);
             match ssq::extlog::tail(node.files.log.path(), n) {
-                Ok(lines) => Ok(json(node, 200, &LogLines { lines })),
+                Ok(lines) => Ok(json(node, 200, &LogLines { lines, cursor: 0 })),
                 Err(e) => Ok(error(node, 500, "io_error", &e.to_string())),
             }
         }

@@ -83,6 +83,10 @@ pub struct Status {
     /// On a slave: its report spool and shipping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<ReportStatus>,
+    /// The node's clock when it answered (Unix ms; 0 from an older node), so a caller
+    /// can measure clock skew.
+    #[serde(default)]
+    pub now_ms: u64,
 }
 
 /// A slave's report spool and shipping.
@@ -215,11 +219,38 @@ pub struct RestartResult {
     pub pid: u32,
 }
 
-/// `GET /api/v1/logs` answer.
+/// `GET /api/v1/logs?n=N&grep=TEXT&category=CAT&after=CURSOR` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LogLines {
-    /// The last lines of extended.log, oldest first.
+    /// The last lines of extended.log that match, oldest first.
     pub lines: Vec<String>,
+    /// Where the file ended when it was read: pass it back as `after` to get only the
+    /// lines written since (`ssq logs --follow`). 0 from an older node.
+    #[serde(default)]
+    pub cursor: u64,
+}
+
+/// `POST /api/v1/diagnose/master` answer: a slave's own check of its master.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct MasterCheck {
+    /// The master as the slave's startup params name it (HOST:PORT).
+    pub master: String,
+    /// One step each, in order: dns, tcp, tls, sync (credential accepted).
+    pub steps: Vec<CheckStep>,
+}
+
+/// One step of a check.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct CheckStep {
+    /// The step's id.
+    pub step: String,
+    /// PASS, FAIL or SKIP.
+    pub status: String,
+    /// One line: what was found, or what failed.
+    pub reason: String,
+    /// How long it took.
+    #[serde(default)]
+    pub ms: u64,
 }
 
 /// One operator key line of data_dir/operators.
