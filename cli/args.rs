@@ -385,6 +385,8 @@ pub enum ReportKind {
     Events,
     /// Each slave's latest statistics (requests, blocked, connections, bytes, spool).
     Stats,
+    /// Single requests, newest last (--host for one site's).
+    Requests,
     /// Print a link that opens the HTML report page in a browser (single use, 60 s).
     Open,
 }
@@ -413,6 +415,9 @@ pub struct ReportArgs {
     /// Timeline per hour instead of per minute.
     #[arg(long)]
     pub hourly: bool,
+    /// With `requests`: only this host's.
+    #[arg(long)]
+    pub host: Option<String>,
     /// The master (name or HOST:PORT; default: the inventory's).
     #[arg(long)]
     pub master: Option<String>,

@@ -18,6 +18,8 @@ mod report_cmd;
 mod slave_cmd;
 mod target;
 mod verify_cmd;
+mod verify_report;
+mod verify_slave;
 
 use std::process::ExitCode;
 

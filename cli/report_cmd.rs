@@ -60,6 +60,7 @@ fn kind_name(k: ReportKind) -> &'static str {
         ReportKind::Timeline => "timeline",
         ReportKind::Events => "events",
         ReportKind::Stats => "stats",
+        ReportKind::Requests => "requests",
         ReportKind::Open => "open",
     }
 }
@@ -91,6 +92,9 @@ fn columns(k: ReportKind) -> &'static [&'static str] {
             "active_connections",
             "bytes",
             "spool_depth",
+        ],
+        ReportKind::Requests => &[
+            "node", "time_ms", "client", "method", "url", "status", "action", "rule",
         ],
         ReportKind::Open => &[],
     }
@@ -161,6 +165,9 @@ pub async fn run(ctx: &Ctx, a: ReportArgs) -> Result<(), Failure> {
     if let Some(s) = &a.slave {
         path.push_str(&format!("&slave={s}"));
     }
+    if let Some(h) = &a.host {
+        path.push_str(&format!("&host={h}"));
+    }
     let report: Report = t.get_json(&path).await?;
     let cols = columns(a.kind);
     if ctx.g.output == Format::Csv {
@@ -216,6 +223,7 @@ mod tests {
             slave: None,
             limit: 20,
             hourly: false,
+            host: None,
             master: None,
         };
         assert_eq!(

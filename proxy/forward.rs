@@ -339,6 +339,17 @@ impl Proxy {
             connect: is_connect,
         });
         guard.rec.rule.clone_from(&d.rule);
+        // `ssq verify --probe-traffic`: answered here, recorded like any request.
+        if !is_connect && host == pages::PROBE_HOST && d.action != Verdict::ClientDenied {
+            guard.rec.rule = Some(pages::PROBE_HOST.into());
+            let html = pages::probe(
+                &self.node.files.startup.node,
+                active.doc.info.revision,
+                &guard.rec.url,
+                client.ip(),
+            );
+            return self.page(200, html, guard);
+        }
         match d.action {
             Verdict::Allow => {}
             Verdict::ClientDenied => {

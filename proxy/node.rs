@@ -111,6 +111,10 @@ impl Node {
                 _ => None,
             },
             report: self.report_status(),
+            store_id: match (&self.master, s.role) {
+                (Some(m), Role::Master) => m.store.lock().ok().map(|st| st.store_id().to_string()),
+                _ => None,
+            },
             now_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)

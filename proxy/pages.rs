@@ -27,6 +27,29 @@ pub fn page(status: u16, title: &str, body: &str, node: &str) -> String {
     )
 }
 
+/// The host a proxy answers itself (`ssq verify --probe-traffic`, or an operator's
+/// browser asking "which gateway am I on?").
+pub const PROBE_HOST: &str = "ssq.probe";
+
+/// The probe page: which node served it, under which policy revision.
+pub fn probe(node: &str, revision: u64, url: &str, client: std::net::IpAddr) -> String {
+    page(
+        200,
+        &format!("ssq gateway {node}"),
+        &format!(
+            "<p>This page was served by the ssq gateway <b id=\"node\">{}</b> itself \
+             (policy revision {revision}), for {} at {}.</p>\
+             <p>URL: <code>{}</code></p><p>The request is recorded like any other and \
+             reaches the master's reports.</p>",
+            esc(node),
+            esc(&client.to_string()),
+            esc(&humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()),
+            esc(url)
+        ),
+        node,
+    )
+}
+
 /// The block page of a rule.
 pub fn blocked(rule: Option<&str>, message: Option<&str>, url: &str, node: &str) -> String {
     let rule = rule.unwrap_or("-");

@@ -435,13 +435,10 @@ fn route(
             Err(e) => Err(e),
         },
         ("GET", "/api/v1/logs") => {
-            let n = query
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("n=")))
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(100)
-                .min(100_000);
-            match ssq::extlog::tail(node.files.log.path(), n) {
-                Ok(lines) => Ok(json(node, 200, &LogLines { lines, cursor: 0 })),
+            // n=N (capped), grep=TEXT, category=CAT, after=CURSOR; values percent-encoded.
+            let filter = ssq::extlog::LogFilter::from_query(query);
+            match ssq::extlog::read(node.files.log.path(), &filter) {
+                Ok((lines, cursor)) => Ok(json(node, 200, &LogLines { lines, cursor })),
                 Err(e) => Ok(error(node, 500, "io_error", &e.to_string())),
             }
         }
@@ -582,6 +579,7 @@ async fn report_page(node: &Node, parts: &http::request::Parts, path: &str) -> R
         slave: None,
         limit,
         bucket: bucket.into(),
+        host: None,
     };
     let all = (
         reports.report(q("summary", 100, "")).await,

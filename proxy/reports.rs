@@ -43,6 +43,7 @@ fn latest_stats(store: &SqliteStore) -> Vec<(String, Stats)> {
         slave: None,
         limit: 10_000,
         bucket: String::new(),
+        host: None,
     };
     store
         .report(&q)

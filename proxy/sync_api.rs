@@ -202,6 +202,9 @@ pub async fn route(
                 slave: query_param(query, "slave").map(str::to_string),
                 limit: num("limit").map(|l| l.min(10_000) as u32).unwrap_or(20),
                 bucket: query_param(query, "bucket").unwrap_or("minute").to_string(),
+                host: query_param(query, "host")
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_ascii_lowercase),
             };
             ok(&reports.report(q).await?)
         }

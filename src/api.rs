@@ -83,6 +83,9 @@ pub struct Status {
     /// On a slave: its report spool and shipping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<ReportStatus>,
+    /// On a master: its policy store's id (a slave pins it; `ssq verify` compares it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_id: Option<String>,
     /// The node's clock when it answered (Unix ms; 0 from an older node), so a caller
     /// can measure clock skew.
     #[serde(default)]

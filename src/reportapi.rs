@@ -102,7 +102,7 @@ pub struct Report {
 /// What to report.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReportQuery {
-    /// summary, domains, clients, blocked, nodes, timeline.
+    /// summary, domains, clients, blocked, nodes, timeline, events, stats, requests.
     pub kind: String,
     /// Range start (Unix ms, inclusive).
     pub from_ms: u64,
@@ -114,6 +114,8 @@ pub struct ReportQuery {
     pub limit: u32,
     /// For timeline: `minute` or `hour`.
     pub bucket: String,
+    /// For requests: only this host.
+    pub host: Option<String>,
 }
 
 /// The host of a record's URL (`http://h:p/...` or CONNECT `h:p`), lower-case.

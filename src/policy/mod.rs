@@ -1,6 +1,7 @@
 //! The policy document: what the proxy enforces and the master syncs to its slaves.
 //!
-//! One YAML document in sections (`access`, `categories`, `rules`, `connect`, `limits`),
+//! One YAML document in sections (`access`, `categories`, `rules`, `connect`, `limits`,
+//! and `probe`, a marker that changes nothing but the hash),
 //! [`parse`]d into the typed [`Policy`], [`validate`]d into a [`Validated`] policy (with
 //! warnings), hashed over a canonical form ([`canonical_sha256`], [`section_hashes`]) and
 //! compiled per node into a [`Matcher`] whose pure [`Matcher::decide`] answers for one
@@ -39,7 +40,7 @@ pub use model::{AccessEntry, AccessSection, Action, ConnectSection, Limits, Poli
 pub use validate::{validate, Validated};
 
 /// The names of the sections a policy document may hold, in document order.
-pub const SECTIONS: &[&str] = &["access", "categories", "rules", "connect", "limits"];
+pub const SECTIONS: &[&str] = &["access", "categories", "rules", "connect", "limits", "probe"];
 
 /// One validation problem, naming where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,6 +29,10 @@ pub struct Policy {
     /// Timeouts and size and connection limits. Absent: the defaults of `Limits`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// A marker `ssq verify --probe-policy` sets to publish a new revision that changes
+    /// nothing the proxy does (up to 64 letters, digits, `-`, `_`, `.`, `:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
 }
 
 /// What a rule, or the access section's default, does.

@@ -227,3 +227,19 @@ fn hostile_documents_are_refused_without_panic() {
         }
     }
 }
+
+#[test]
+fn a_probe_marker_changes_the_hash_and_nothing_else() {
+    let base = parse("rules:\n  - domains: [a.test]\n    action: deny\n").unwrap();
+    let probed =
+        parse("rules:\n  - domains: [a.test]\n    action: deny\nprobe: \"v-1:x.y\"\n").unwrap();
+    assert_ne!(canonical_sha256(&base), canonical_sha256(&probed));
+    let hb = section_hashes(&base);
+    let hp = section_hashes(&probed);
+    assert_eq!(hb["rules"], hp["rules"]);
+    assert!(hp.contains_key("probe"));
+    assert!(validate(&probed, &[]).is_ok());
+    let bad = parse("probe: \"no spaces\"\n").unwrap();
+    let err = validate(&bad, &[]).unwrap_err().to_string();
+    assert!(err.contains("probe"), "{err}");
+}

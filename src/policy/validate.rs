@@ -133,6 +133,22 @@ pub fn validate(p: &Policy, known_nodes: &[String]) -> Result<Validated, PolicyE
         }
     }
     let limits = check_limits(p.limits.as_ref(), &mut issues, &mut warnings);
+    if let Some(m) = &p.probe {
+        let ok = !m.is_empty()
+            && m.len() <= 64
+            && m.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if !ok {
+            issues.push(Issue {
+                section: "probe".into(),
+                item: None,
+                field: None,
+                message: format!(
+                    "\"{m}\" is not a probe marker (1 to 64 letters, digits, '-', '_', '.', ':')"
+                ),
+            });
+        }
+    }
     if !issues.is_empty() {
         return Err(PolicyError::Invalid(issues));
     }

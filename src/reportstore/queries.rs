@@ -74,6 +74,7 @@ pub(super) fn report(
         "timeline" => out.rows = timeline(conn, &range, bucket_ms)?,
         "events" => out.rows = events(conn, &range)?,
         "stats" => out.rows = latest_stats(conn, &range)?,
+        "requests" => out.rows = requests(conn, &range, q.host.as_deref())?,
         other => return Err(StoreError::UnknownReport(other.into())),
     }
     Ok(out)
@@ -92,6 +93,35 @@ fn events(conn: &Connection, r: &Range<'_>) -> Result<Vec<Value>, StoreError> {
                 "node": row.get::<_, String>(0)?,
                 "time_ms": uint(row.get::<_, i64>(1)?),
                 "line": row.get::<_, String>(2)?,
+            }))
+        })?
+        .collect::<Result<_, _>>()?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// The newest `limit` requests in the range (only `host`'s, when given), oldest first:
+/// `{node, time_ms, client, method, url, status, action, rule}`.
+fn requests(
+    conn: &Connection,
+    r: &Range<'_>,
+    host: Option<&str>,
+) -> Result<Vec<Value>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT node, time_ms, client, method, url, status, action, rule FROM requests \
+         WHERE {RANGE} AND (?5 IS NULL OR host = ?5) ORDER BY time_ms DESC, seq DESC LIMIT ?4"
+    ))?;
+    let mut rows: Vec<Value> = stmt
+        .query_map(params![r.from, r.to, r.node, r.limit, host], |row| {
+            Ok(json!({
+                "node": row.get::<_, String>(0)?,
+                "time_ms": uint(row.get::<_, i64>(1)?),
+                "client": row.get::<_, String>(2)?,
+                "method": row.get::<_, String>(3)?,
+                "url": row.get::<_, String>(4)?,
+                "status": row.get::<_, i64>(5)?,
+                "action": row.get::<_, String>(6)?,
+                "rule": row.get::<_, Option<String>>(7)?,
             }))
         })?
         .collect::<Result<_, _>>()?;

@@ -561,3 +561,29 @@ fn overlapping_gap_ranges_count_once() {
     assert_eq!(super::queries::union_len(vec![(3, 4), (5, 6)]), 4);
     assert_eq!(super::queries::union_len(vec![]), 0);
 }
+
+#[test]
+fn requests_report_lists_single_records_of_one_host() {
+    let (_d, s) = fixture();
+    let all = s.report(&query("requests")).unwrap();
+    assert_eq!(rows(&all).len(), 7, "{all:?}");
+    // Oldest first.
+    assert_eq!(rows(&all)[0]["url"], "http://a.com/x");
+    let c = s
+        .report(&ReportQuery {
+            host: Some("c.com".into()),
+            ..query("requests")
+        })
+        .unwrap();
+    let urls: Vec<&str> = rows(&c).iter().filter_map(|r| r["url"].as_str()).collect();
+    assert_eq!(urls, ["http://c.com/", "http://c.com/2", "http://c.com/z"]);
+    assert_eq!(rows(&c)[2]["node"], "s2");
+    assert_eq!(rows(&c)[0]["status"], 451);
+    let none = s
+        .report(&ReportQuery {
+            host: Some("nowhere.test".into()),
+            ..query("requests")
+        })
+        .unwrap();
+    assert!(rows(&none).is_empty());
+}
