@@ -9,6 +9,7 @@ pub mod client;
 pub mod extlog;
 pub mod inventory;
 pub mod keys;
+pub mod netcheck;
 pub mod nodeconf;
 pub mod pins;
 pub mod policy;
