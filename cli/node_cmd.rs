@@ -71,41 +71,7 @@ report spool (epoch {}): {} records spooled, {} acknowledged by the master, {} p
         ));
     }
     if let Some(slaves) = &s.slaves {
-        let rows: Vec<Vec<String>> = slaves
-            .iter()
-            .map(|x| {
-                vec![
-                    x.name.clone(),
-                    x.state.clone(),
-                    x.revision.to_string(),
-                    x.sha256.chars().take(12).collect(),
-                    x.last_seen.clone(),
-                    x.address.clone(),
-                    match &x.report {
-                        Some(r) => format!(
-                            "acked {}, lag {:.1} s, lost {}{}{}",
-                            r.acked,
-                            r.lag_ms as f64 / 1000.0,
-                            r.gaps,
-                            if r.duplicate_name {
-                                ", TWO LIVE SPOOLS"
-                            } else {
-                                ""
-                            },
-                            r.stats
-                                .as_ref()
-                                .map(|st| format!(
-                                    "; {} requests, {} blocked, {} open connections",
-                                    st.requests, st.blocked, st.active_connections
-                                ))
-                                .unwrap_or_default()
-                        ),
-                        None => "-".into(),
-                    },
-                    x.error.clone().unwrap_or_default(),
-                ]
-            })
-            .collect();
+        let rows: Vec<Vec<String>> = slaves.iter().map(slave_row).collect();
         out.push_str(&format!("\nslaves ({}):\n", slaves.len()));
         out.push_str(&table(
             &[
@@ -114,6 +80,8 @@ report spool (epoch {}): {} records spooled, {} acknowledged by the master, {} p
                 "revision",
                 "sha256",
                 "last seen",
+                "report lag",
+                "version",
                 "address",
                 "reports",
                 "error",
@@ -141,6 +109,51 @@ report spool (epoch {}): {} records spooled, {} acknowledged by the master, {} p
         ));
     }
     out
+}
+
+/// One row of the master's slave table.
+fn slave_row(x: &ssq::syncapi::SlaveInfo) -> Vec<String> {
+    let lag = match &x.report {
+        Some(r) if r.last_time_ms > 0 => format!("{:.1} s", r.lag_ms as f64 / 1000.0),
+        Some(_) => "no records yet".into(),
+        None => "-".into(),
+    };
+    let reports = match &x.report {
+        Some(r) => format!(
+            "acked {}, lost {}{}{}",
+            r.acked,
+            r.gaps,
+            if r.duplicate_name {
+                ", TWO LIVE SPOOLS"
+            } else {
+                ""
+            },
+            r.stats
+                .as_ref()
+                .map(|st| format!(
+                    "; {} requests, {} blocked, {} open connections",
+                    st.requests, st.blocked, st.active_connections
+                ))
+                .unwrap_or_default()
+        ),
+        None => "-".into(),
+    };
+    vec![
+        x.name.clone(),
+        x.state.clone(),
+        x.revision.to_string(),
+        x.sha256.chars().take(12).collect(),
+        format!("{} ({} s ago)", x.last_seen, x.last_seen_secs),
+        lag,
+        if x.version.is_empty() {
+            "-".into()
+        } else {
+            x.version.clone()
+        },
+        x.address.clone(),
+        reports,
+        x.error.clone().unwrap_or_default(),
+    ]
 }
 
 fn node_table(s: &Status, key_note: &str) -> String {

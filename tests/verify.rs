@@ -189,6 +189,22 @@ fn all_green_then_allow_list_then_a_stopped_slave() {
         "{reqs:#}"
     );
 
+    // `ssq status` on the master: every slave with state, revision, last seen, report
+    // lag and version.
+    let out = env.ssq(&["status", "--node", &master.portal]);
+    assert_ok(&out, "ssq status (master)");
+    let text = stdout(&out);
+    for col in ["state", "revision", "last seen", "report lag", "version"] {
+        assert!(text.contains(col), "no {col} column:\n{text}");
+    }
+    let version = master.status(&env)["version"].as_str().unwrap_or("").to_string();
+    assert!(!version.is_empty());
+    let line = text
+        .lines()
+        .find(|l| l.contains("vs1"))
+        .unwrap_or_else(|| panic!("no vs1 row:\n{text}"));
+    assert!(line.contains("SYNCED") && line.contains(&version), "{line}");
+
     // (2) vs2's entry removed, authentication on → allow_list FAIL, exit 5.
     master
         .files
@@ -226,7 +242,7 @@ fn another_master_and_another_key_fail_their_checks() {
     let env = Env::new();
     let master = start_master(&env, "va");
     let other_master = start_master(&env, "vb");
-    let good = start_slave(&env, "vg", &master);
+    let _good = start_slave(&env, "vg", &master);
     let elsewhere = start_slave(&env, "ve", &other_master);
     let other_key = env.path().join("other.key");
     assert_ok(
