@@ -102,13 +102,27 @@ impl Actor {
 /// `ssq --local` edits never lose an update or slip past the lock-out guard. Released on
 /// drop. Every holder opens its own descriptor, so threads of one process exclude each
 /// other too; never take it twice in one call chain.
-struct ConfigLock(#[allow(dead_code)] std::fs::File);
+struct ConfigLock(#[allow(dead_code)] FileLock);
 
 impl ConfigLock {
     fn take(data_dir: &Path) -> Result<Self, ConfError> {
-        use std::os::fd::AsRawFd;
         std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
-        let path = data_dir.join(".config.lock");
+        Ok(ConfigLock(FileLock::take(&data_dir.join(".config.lock"))?))
+    }
+}
+
+/// An exclusive `flock` on a lock file, held until dropped: one writer at a time across
+/// processes.
+pub struct FileLock(#[allow(dead_code)] std::fs::File);
+
+impl FileLock {
+    /// Wait for the lock on `path` (created if absent).
+    ///
+    /// # Errors
+    /// `ConfError::Io` when the file cannot be opened or locked.
+    pub fn take(path: &Path) -> Result<Self, ConfError> {
+        use std::os::fd::AsRawFd;
+        let path = path.to_path_buf();
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -123,7 +137,7 @@ impl ConfigLock {
                 source: std::io::Error::last_os_error(),
             });
         }
-        Ok(ConfigLock(f))
+        Ok(FileLock(f))
     }
 }
 

@@ -65,6 +65,20 @@ impl KnownNodes {
     /// # Errors
     /// `ConfError::Io` when the file cannot be written.
     pub fn set(&mut self, pin: Pin) -> Result<(), ConfError> {
+        // Another ssq may pin another node at the same moment: under the lock, start from
+        // the file as it is now, so neither pin is lost.
+        let mut lock_path = self.path.clone().into_os_string();
+        lock_path.push(".lock");
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| ConfError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })?;
+        }
+        let _lock = crate::nodeconf::FileLock::take(Path::new(&lock_path))?;
+        if let Ok(now) = Self::load(&self.path) {
+            self.pins = now.pins;
+        }
         match self.pins.iter_mut().find(|p| p.address == pin.address) {
             Some(p) => *p = pin,
             None => self.pins.push(pin),
@@ -107,5 +121,41 @@ mod tests {
         let again = KnownNodes::load(&path).unwrap();
         assert_eq!(again.get("a:1").unwrap().fingerprint, "sha256:11");
         assert_eq!(again.get("a:1").unwrap().node.as_deref(), Some("m"));
+    }
+
+    /// Writers that loaded the file before each other's changes lose nothing (the
+    /// `ssq verify` of many slaves, or two ssq processes, pinning at the same moment).
+    #[test]
+    fn concurrent_pins_are_all_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("known_nodes");
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        let mut k = KnownNodes::load(&path).unwrap();
+                        k.set(Pin {
+                            address: format!("10.0.{t}.{i}:8888"),
+                            fingerprint: format!("sha256:{t}{i}"),
+                            node: None,
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let k = KnownNodes::load(&path).unwrap();
+        for t in 0..4 {
+            for i in 0..25 {
+                assert!(
+                    k.get(&format!("10.0.{t}.{i}:8888")).is_some(),
+                    "lost 10.0.{t}.{i}"
+                );
+            }
+        }
     }
 }
