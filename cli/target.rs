@@ -369,19 +369,20 @@ impl Target {
             .await
     }
 
-    /// The last lines of extended.log.
+    /// The lines of extended.log that `filter` selects (read directly when ssqd is not
+    /// running). An older node ignores the filter: callers filter again.
     ///
     /// # Errors
-    /// As the call.
-    pub async fn logs(&mut self, n: usize) -> Result<LogLines, Failure> {
+    /// As the call; exit 1 when the file cannot be read.
+    pub async fn logs(&mut self, filter: &ssq::extlog::LogFilter) -> Result<LogLines, Failure> {
         match self {
-            Target::Files(f, _) => Ok(LogLines {
-                lines: ssq::extlog::tail(f.log.path(), n)?,
-                cursor: 0,
-            }),
+            Target::Files(f, _) => {
+                let (lines, cursor) = ssq::extlog::read(f.log.path(), filter)?;
+                Ok(LogLines { lines, cursor })
+            }
             _ => {
-                self.call("GET", &format!("/api/v1/logs?n={n}"), None::<&()>, "")
-                    .await
+                let path = format!("/api/v1/logs?{}", filter.to_query());
+                self.call("GET", &path, None::<&()>, "").await
             }
         }
     }

@@ -225,7 +225,8 @@ pub struct RestartResult {
 /// `GET /api/v1/logs?n=N&grep=TEXT&category=CAT&after=CURSOR` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LogLines {
-    /// The last lines of extended.log that match, oldest first.
+    /// The matching lines of extended.log, oldest first: the last `n`, or with `after`
+    /// the first `n` written since that cursor (so a follower never skips any).
     pub lines: Vec<String>,
     /// Where the file ended when it was read: pass it back as `after` to get only the
     /// lines written since (`ssq logs --follow`). 0 from an older node.
