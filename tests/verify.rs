@@ -197,7 +197,10 @@ fn all_green_then_allow_list_then_a_stopped_slave() {
     for col in ["state", "revision", "last seen", "report lag", "version"] {
         assert!(text.contains(col), "no {col} column:\n{text}");
     }
-    let version = master.status(&env)["version"].as_str().unwrap_or("").to_string();
+    let version = master.status(&env)["version"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert!(!version.is_empty());
     let line = text
         .lines()

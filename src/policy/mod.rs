@@ -40,7 +40,14 @@ pub use model::{AccessEntry, AccessSection, Action, ConnectSection, Limits, Poli
 pub use validate::{validate, Validated};
 
 /// The names of the sections a policy document may hold, in document order.
-pub const SECTIONS: &[&str] = &["access", "categories", "rules", "connect", "limits", "probe"];
+pub const SECTIONS: &[&str] = &[
+    "access",
+    "categories",
+    "rules",
+    "connect",
+    "limits",
+    "probe",
+];
 
 /// One validation problem, naming where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
