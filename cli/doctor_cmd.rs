@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use ssq::api::{CheckStep, Status};
-use ssq::client::{with_default_port, ClientError, ClientOptions, Conn, PinEvent, Portal};
+use ssq::client::{with_default_port, ClientError, ClientOptions, Conn, Portal};
 use ssq::keys::{pub_path, ActivationKey};
 use ssq::netcheck::{self, NetError, PinSource, Resolved};
 use tokio::net::TcpStream;
@@ -706,23 +706,7 @@ async fn signed_status(
     format: Format,
 ) -> Result<(Conn, Status), ClientError> {
     let portal = Portal::connect(address, opts).await?;
-    if let PinEvent::Pinned(fp) = &portal.pin_event {
-        if format == Format::Json {
-            let notice = serde_json::json!({
-                "notice": "first_contact_pinned",
-                "address": portal.addr(),
-                "fingerprint": fp,
-                "known_nodes": opts.known_nodes,
-            });
-            eprintln!("{notice}");
-        } else {
-            eprintln!(
-                "ssq: first contact with {}: pinned its certificate {fp} in {}",
-                portal.addr(),
-                opts.known_nodes.display()
-            );
-        }
-    }
+    crate::target::pin_notice(&portal, opts, format);
     let mut conn = Conn::Portal(Box::new(portal));
     let status: Status = conn.call("GET", "/api/v1/status", None::<&()>).await?;
     Ok((conn, status))

@@ -154,23 +154,7 @@ impl Ctx {
         };
         let opts = self.client_options(fp)?;
         let portal = Portal::connect(&address, &opts).await?;
-        if let PinEvent::Pinned(fp) = &portal.pin_event {
-            if self.g.output == Format::Json {
-                let notice = serde_json::json!({
-                    "notice": "first_contact_pinned",
-                    "address": portal.addr(),
-                    "fingerprint": fp,
-                    "known_nodes": opts.known_nodes,
-                });
-                eprintln!("{notice}");
-            } else {
-                eprintln!(
-                    "ssq: first contact with {}: pinned its certificate {fp} in {}",
-                    portal.addr(),
-                    opts.known_nodes.display()
-                );
-            }
-        }
+        pin_notice(&portal, &opts, self.g.output);
         Ok(Target::Remote(Conn::Portal(Box::new(portal))))
     }
 
@@ -184,6 +168,28 @@ impl Ctx {
             Ok(a) => Ok(Target::Remote(Conn::Admin(a))),
             Err(_) => Ok(Target::Files(Box::new(files), config.to_path_buf())),
         }
+    }
+}
+
+/// On first contact, say on stderr (as JSON with `-o json`) which certificate was pinned.
+pub fn pin_notice(portal: &Portal, opts: &ClientOptions, format: Format) {
+    let PinEvent::Pinned(fp) = &portal.pin_event else {
+        return;
+    };
+    if format == Format::Json {
+        let notice = serde_json::json!({
+            "notice": "first_contact_pinned",
+            "address": portal.addr(),
+            "fingerprint": fp,
+            "known_nodes": opts.known_nodes,
+        });
+        eprintln!("{notice}");
+    } else {
+        eprintln!(
+            "ssq: first contact with {}: pinned its certificate {fp} in {}",
+            portal.addr(),
+            opts.known_nodes.display()
+        );
     }
 }
 

@@ -72,19 +72,6 @@ fn text(report: &Value, name: &str, field: &str) -> String {
     step(report, name)[field].as_str().unwrap_or("").to_string()
 }
 
-fn start_master(env: &Env, name: &str) -> Node {
-    Node::start(env, name, &next_ip(), "role: master\n")
-}
-
-fn start_slave(env: &Env, name: &str, master: &Node) -> Node {
-    Node::start(
-        env,
-        name,
-        &next_ip(),
-        &format!("master: {}\n", master.portal),
-    )
-}
-
 /// Wait until the slave reports a successful contact with its master.
 fn wait_connected(env: &Env, slave: &Node) {
     eventually(

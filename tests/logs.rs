@@ -341,34 +341,6 @@ fn follow_with_json_prints_one_object_per_line() {
     }
 }
 
-/// Apply a one-rule policy on `master` once it knows `slave`, and wait until applied:
-/// the slave then logs `sync` events.
-fn apply_policy(env: &Env, master: &Node, slave: &str) {
-    eventually(CATCH_UP, "the master to know its slave", || {
-        let st = master.status(env);
-        st["slaves"]
-            .as_array()?
-            .iter()
-            .any(|s| s["name"] == slave)
-            .then_some(())
-    });
-    let file = env.path().join("policy.yaml");
-    std::fs::write(
-        &file,
-        "rules:\n  - name: no-a\n    domains: [a.example.com]\n    action: deny\n",
-    )
-    .unwrap();
-    let out = env.ssq(&[
-        "policy",
-        "apply",
-        file.to_str().unwrap(),
-        "--master",
-        &master.portal,
-        "--wait",
-    ]);
-    assert_ok(&out, "ssq policy apply --wait");
-}
-
 fn slave_events(env: &Env, master: &Node, slave: &str) -> Vec<String> {
     let ev = env.ssq_json(&[
         "report",
@@ -393,14 +365,14 @@ fn slave_events(env: &Env, master: &Node, slave: &str) -> Vec<String> {
 #[test]
 fn an_unreachable_slave_falls_back_to_the_masters_copy() {
     let env = Env::new();
-    let master = Node::start(&env, "logs-m", &next_ip(), "role: master\n");
-    let mut slave = Node::start(
+    let master = start_master(&env, "logs-m");
+    let mut slave = start_slave(&env, "logs-s", &master);
+    apply_policy_wait(
         &env,
-        "logs-s",
-        &next_ip(),
-        &format!("master: {}\n", master.portal),
+        &master,
+        &["logs-s"],
+        "rules:\n  - name: no-a\n    domains: [a.example.com]\n    action: deny\n",
     );
-    apply_policy(&env, &master, "logs-s");
     allow_add(&env, &slave, "10.9.6.1");
     // Its config event and a sync event (the policy applied) reached the master.
     let added = eventually(CATCH_UP, "the slave's events on the master", || {

@@ -9,7 +9,6 @@
 mod util;
 
 use std::process::Output;
-use std::time::Duration;
 
 use serde_json::Value;
 use util::*;
@@ -20,46 +19,6 @@ rules:
     domains: [ads.example]
     action: deny
 ";
-
-fn start_master(env: &Env, name: &str) -> Node {
-    Node::start(env, name, &next_ip(), "role: master\n")
-}
-
-fn start_slave(env: &Env, name: &str, master: &Node) -> Node {
-    Node::start(
-        env,
-        name,
-        &next_ip(),
-        &format!("master: {}\n", master.portal),
-    )
-}
-
-/// Wait until the master knows every named slave, then apply `POLICY` with `--wait`.
-fn apply_policy(env: &Env, master: &Node, names: &[&str]) {
-    eventually(
-        Duration::from_secs(15),
-        &format!("the master to know {names:?}"),
-        || {
-            let st = master.status(env);
-            let rows = st["slaves"].as_array()?.clone();
-            names
-                .iter()
-                .all(|n| rows.iter().any(|r| r["name"] == *n))
-                .then_some(())
-        },
-    );
-    let file = env.path().join("policy.yaml");
-    std::fs::write(&file, POLICY).unwrap();
-    let out = env.ssq(&[
-        "policy",
-        "apply",
-        file.to_str().unwrap(),
-        "--master",
-        &master.portal,
-        "--wait",
-    ]);
-    assert_ok(&out, "ssq policy apply --wait");
-}
 
 /// `ssq -o json verify --master M ARGS` with a 20 s limit: (exit code, JSON report).
 fn verify(env: &Env, master: &Node, args: &[&str]) -> (i32, Value, Output) {
@@ -135,7 +94,7 @@ fn all_green_then_allow_list_then_a_stopped_slave() {
     let master = start_master(&env, "vm");
     let s1 = start_slave(&env, "vs1", &master);
     let mut s2 = start_slave(&env, "vs2", &master);
-    apply_policy(&env, &master, &["vs1", "vs2"]);
+    apply_policy_wait(&env, &master, &["vs1", "vs2"], POLICY);
     // Authentication on: the operator (127.0.0.1) may configure, each slave may sync.
     let add = |addr: &str, access: &str| {
         master
@@ -265,7 +224,7 @@ fn another_master_and_another_key_fail_their_checks() {
     )
     .unwrap();
     let wrong_key = Node::run(nd);
-    apply_policy(&env, &master, &["vg"]);
+    apply_policy_wait(&env, &master, &["vg"], POLICY);
 
     let (code, r, _) = verify(
         &env,

@@ -701,3 +701,45 @@ impl Node {
         child.wait().expect("wait for the killed ssqd")
     }
 }
+
+/// A master on a fresh 127.0.0.x.
+pub fn start_master(env: &Env, name: &str) -> Node {
+    Node::start(env, name, &next_ip(), "role: master\n")
+}
+
+/// A slave of `master` on a fresh 127.0.0.x.
+pub fn start_slave(env: &Env, name: &str, master: &Node) -> Node {
+    Node::start(
+        env,
+        name,
+        &next_ip(),
+        &format!("master: {}\n", master.portal),
+    )
+}
+
+/// Wait until the master knows every named slave, then apply `policy` with `--wait`.
+pub fn apply_policy_wait(env: &Env, master: &Node, slaves: &[&str], policy: &str) {
+    eventually(
+        Duration::from_secs(15),
+        &format!("the master to know {slaves:?}"),
+        || {
+            let st = master.status(env);
+            let rows = st["slaves"].as_array()?.clone();
+            slaves
+                .iter()
+                .all(|n| rows.iter().any(|r| r["name"] == *n))
+                .then_some(())
+        },
+    );
+    let file = env.path().join("policy-wait.yaml");
+    std::fs::write(&file, policy).expect("write policy file");
+    let out = env.ssq(&[
+        "policy",
+        "apply",
+        file.to_str().expect("utf-8 path"),
+        "--master",
+        &master.portal,
+        "--wait",
+    ]);
+    assert_ok(&out, "ssq policy apply --wait");
+}
