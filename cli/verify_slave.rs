@@ -185,16 +185,16 @@ pub async fn verify(sh: Arc<Shared>, t: SlaveTarget, row: Arc<Mutex<NodeReport>>
     });
     set(&mut |r| clock(&sh, &s, t0, t1, r, reach));
     set(&mut |r| version(&sh, &s, r, reach));
-    set(&mut |r| activation_key(&sh, &s, r, reach));
-    let startup = startup_params(&sh, &s).await;
+    set(&mut |r| activation_key(&sh, &s, &t.address, r, reach));
+    let startup = startup_params(&sh, &s, &t.address).await;
     set(&mut |r| match &startup {
         Ok(why) => r.pass("startup_params", why.clone(), reach),
         Err((why, fix)) => r.fail("startup_params", 5, why.clone(), fix.clone(), reach),
     });
     let ip = slave_ip(info.as_ref(), &t.address).await;
     set(&mut |r| allow_list(&sh, &s.node, ip, r));
-    set(&mut |r| policy_sync(&sh, &s, info.as_ref(), r));
-    let events = sync_events(&mut conn, &s).await;
+    set(&mut |r| policy_sync(&sh, &s, &t.address, info.as_ref(), r));
+    let events = sync_events(&mut conn, &s, &t.address).await;
     set(&mut |r| match &events {
         Ok(why) => r.pass("sync_events", why.clone(), reach),
         Err((why, fix)) => r.fail("sync_events", 5, why.clone(), fix.clone(), reach),
@@ -257,7 +257,7 @@ fn version(sh: &Shared, s: &Status, r: &mut NodeReport, at: Instant) {
     }
 }
 
-fn activation_key(sh: &Shared, s: &Status, r: &mut NodeReport, at: Instant) {
+fn activation_key(sh: &Shared, s: &Status, address: &str, r: &mut NodeReport, at: Instant) {
     if s.key_id == sh.master.key_id {
         r.pass("activation_key", format!("key id {} on both", s.key_id), at);
     } else {
@@ -268,7 +268,7 @@ fn activation_key(sh: &Shared, s: &Status, r: &mut NodeReport, at: Instant) {
                 "the slave's activation key id is {}, the master's {}",
                 s.key_id, sh.master.key_id
             ),
-            "copy the cluster's activation key to the slave's activation_key_file and restart it (ssq restart --node ...)",
+            format!("copy the cluster's activation key to the slave's activation_key_file and restart it: ssq restart --node {address}"),
             at,
         );
     }
@@ -284,10 +284,14 @@ async fn resolve(addr: &str) -> Vec<SocketAddr> {
 
 /// The slave's master is the master being verified: the same address (as resolved), or
 /// the slave syncs with the very policy store of this master.
-async fn startup_params(sh: &Shared, s: &Status) -> Result<String, (String, String)> {
+async fn startup_params(
+    sh: &Shared,
+    s: &Status,
+    address: &str,
+) -> Result<String, (String, String)> {
     let fix = format!(
         "point it here: ssq slave set-master {} --node {} --restart",
-        sh.master_addr, s.portal
+        sh.master_addr, address
     );
     if s.role != "slave" {
         return Err((
@@ -404,7 +408,13 @@ fn allow_list(sh: &Shared, name: &str, ip: Option<IpAddr>, r: &mut NodeReport) {
     }
 }
 
-fn policy_sync(sh: &Shared, s: &Status, info: Option<&SlaveInfo>, r: &mut NodeReport) {
+fn policy_sync(
+    sh: &Shared,
+    s: &Status,
+    address: &str,
+    info: Option<&SlaveInfo>,
+    r: &mut NodeReport,
+) {
     let at = Instant::now();
     let m = &sh.master.policy;
     if m.revision == 0 {
@@ -428,7 +438,7 @@ fn policy_sync(sh: &Shared, s: &Status, info: Option<&SlaveInfo>, r: &mut NodeRe
                 "policy_sync",
                 5,
                 format!("probe revision not applied: {e}{why_not}"),
-                "see the slave's sync events: ssq logs --node ... --category sync",
+                format!("see the slave's sync events: ssq logs --node {address} --category sync"),
                 at,
             );
             return;
@@ -438,7 +448,7 @@ fn policy_sync(sh: &Shared, s: &Status, info: Option<&SlaveInfo>, r: &mut NodeRe
                 "policy_sync",
                 5,
                 "the master does not know this slave, so the probe revision never reached it",
-                "check the slave's startup params and the master's allow list (ssq doctor --node ...)",
+                format!("check the slave's startup params and the master's allow list: ssq doctor --node {address}"),
                 at,
             );
             return;
@@ -473,16 +483,20 @@ fn policy_sync(sh: &Shared, s: &Status, info: Option<&SlaveInfo>, r: &mut NodeRe
                 m.revision,
                 short(&m.sha256)
             ),
-            "check its sync: ssq status --node ... and ssq logs --node ... --category sync",
+            format!("check its sync: ssq status --node {address} and ssq logs --node {address} --category sync"),
             at,
         );
     }
 }
 
 /// The slave's extended.log holds a `synchronized section` event of its revision.
-async fn sync_events(conn: &mut Conn, s: &Status) -> Result<String, (String, String)> {
+async fn sync_events(
+    conn: &mut Conn,
+    s: &Status,
+    address: &str,
+) -> Result<String, (String, String)> {
     let rev = s.policy.revision;
-    let fix = "see what the slave logged: ssq logs --node ... --category sync".to_string();
+    let fix = format!("see what the slave logged: ssq logs --node {address} --category sync");
     if rev == 0 {
         return Err((
             "the slave has applied no policy, so no sync event names one".into(),
