@@ -170,7 +170,7 @@ pub fn prepare(config: &Path, mut inherited: Inherited) -> Result<Prepared> {
     let (tx, rx) = watch::channel(Command::Run);
     let master = match s.role {
         Role::Slave => None,
-        _ => Some(crate::master::Master::open(&s.data_dir)?),
+        _ => Some(Arc::new(crate::master::Master::open(&s.data_dir)?)),
     };
     let reports = match s.role {
         Role::Master => Some(crate::reports::Reports::open(
@@ -207,8 +207,19 @@ pub fn prepare(config: &Path, mut inherited: Inherited) -> Result<Prepared> {
         ..Default::default()
     };
     let boot_id = hex(&random_bytes::<8>()?);
+    let files = NodeFiles::from_parts(s, log);
+    if let (Some(m), Role::Master) = (&master, files.startup.role) {
+        // A change of the allow list that takes `sync` away from a known slave warns.
+        let m = m.clone();
+        files.set_known_slaves(Box::new(move || {
+            m.slave_infos()
+                .into_iter()
+                .filter_map(|i| Some((i.name, i.address.parse().ok()?)))
+                .collect()
+        }));
+    }
     let node = Arc::new(Node {
-        files: NodeFiles::from_parts(s, log),
+        files,
         boot_id,
         started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         fingerprint: identity.fingerprint(),

@@ -51,7 +51,7 @@ pub struct Node {
     /// True once the node is stopping or restarting: long-polls answer at once.
     pub stopping: watch::Sender<bool>,
     /// The policy store and slaves (a master), or the own store (a standalone node).
-    pub master: Option<Master>,
+    pub master: Option<Arc<Master>>,
     /// The policy enforced now (None: never synced).
     pub active: Slot,
     /// A slave's sync with its master.

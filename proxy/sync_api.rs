@@ -46,7 +46,7 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 }
 
 fn master(node: &Node) -> Result<&Master, ApiError> {
-    node.master.as_ref().ok_or_else(|| {
+    node.master.as_deref().ok_or_else(|| {
         ApiError::new(
             409,
             "not_a_master",

@@ -6,6 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::access::{self, AccessError, AccessList, AddOutcome, AddressSpec, AllowEntry};
 use crate::api::{AccessChange, OperatorChange, OperatorEntry, StartupPutResult};
@@ -142,12 +143,25 @@ impl FileLock {
 }
 
 /// A node's configuration, found through its startup.yaml.
-#[derive(Debug)]
 pub struct NodeFiles {
     /// The validated startup params (as loaded).
     pub startup: Startup,
     /// The event log, for `config` events.
     pub log: ExtLog,
+    /// On a running master: its known slaves, by name and source address.
+    known_slaves: Mutex<Option<SlaveLister>>,
+}
+
+/// Lists a master's known slaves: (name, source address).
+pub type SlaveLister = Box<dyn Fn() -> Vec<(String, IpAddr)> + Send + Sync>;
+
+impl std::fmt::Debug for NodeFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeFiles")
+            .field("startup", &self.startup)
+            .field("log", &self.log)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Write a file through a temp file, fsync, rename, fsync of the directory.
@@ -194,12 +208,46 @@ impl NodeFiles {
         let file = StartupFile::parse(&text, config)?;
         let startup = file.validate(&text, config)?;
         let log = ExtLog::open(&startup.log_dir, &startup.node).map_err(io(&startup.log_dir))?;
-        Ok(NodeFiles { startup, log })
+        Ok(NodeFiles {
+            startup,
+            log,
+            known_slaves: Mutex::new(None),
+        })
     }
 
     /// For a daemon that has loaded its startup params already.
     pub fn from_parts(startup: Startup, log: ExtLog) -> Self {
-        NodeFiles { startup, log }
+        NodeFiles {
+            startup,
+            log,
+            known_slaves: Mutex::new(None),
+        }
+    }
+
+    /// On a master: where to find its known slaves, so that an allow-list change that
+    /// takes `sync` away from one of them warns (in the answer and in extended.log).
+    pub fn set_known_slaves(&self, lister: SlaveLister) {
+        if let Ok(mut k) = self.known_slaves.lock() {
+            *k = Some(lister);
+        }
+    }
+
+    /// Warnings for the slaves `old` admitted for sync and `new` does not.
+    fn sync_warnings(&self, old: &AccessList, new: &AccessList) -> Vec<String> {
+        let slaves = match self.known_slaves.lock() {
+            Ok(k) => k.as_ref().map(|f| f()).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        let lost = access::sync_lost(old, new, &slaves);
+        slaves
+            .iter()
+            .filter(|(name, _)| lost.contains(name))
+            .map(|(name, ip)| {
+                format!(
+                    "slave {name} ({ip}) loses sync access: the master will refuse its sync and it keeps enforcing its last policy; give it back with: ssq master allow add {ip} --access sync"
+                )
+            })
+            .collect()
     }
 
     /// data_dir/access.yaml.
@@ -381,7 +429,11 @@ impl NodeFiles {
                 access: new,
             });
         }
+        let warnings = self.sync_warnings(&old, &new);
         new.save(&self.access_path())?;
+        for w in &warnings {
+            self.log.warn("config", w);
+        }
         self.log.info(
             "config",
             &format!(
@@ -394,7 +446,7 @@ impl NodeFiles {
         );
         Ok(AccessChange {
             outcome: outcome.into(),
-            warnings: Vec::new(),
+            warnings,
             access: new,
         })
     }

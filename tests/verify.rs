@@ -168,9 +168,21 @@ fn all_green_then_allow_list_then_a_stopped_slave() {
     assert!(line.contains("SYNCED") && line.contains(&version), "{line}");
 
     // (2) vs2's entry removed, authentication on → allow_list FAIL, exit 5.
-    master
+    // The master warns: a slave it knows loses sync access (DESIGN.md, lock-out).
+    let change = master
         .files
         .local_json(&env, &["master", "allow", "remove", &s2.ip().to_string()]);
+    let warned = change["warnings"].as_array().cloned().unwrap_or_default();
+    assert!(
+        warned.iter().any(|w| w
+            .as_str()
+            .is_some_and(|w| w.contains("vs2") && w.contains("loses sync access"))),
+        "{change:#}"
+    );
+    assert!(
+        master.files.extended_log().contains("slave vs2"),
+        "no warning in extended.log"
+    );
     let (code, r, _) = verify(&env, &master, &[]);
     assert_eq!(code, 5, "{r:#}");
     let (st, why) = check(slave(&r, "vs2"), "allow_list");
