@@ -1,16 +1,17 @@
 //! The record writer: the proxy's end-of-request hook (and, on a slave, every
-//! extended.log event) pushes records onto a bounded queue; one task takes the whole
-//! queue every 50 ms (sooner when it fills up) and appends it to log_dir/access.log in
-//! one write — no request waits on the disk, and a busy proxy pays neither a task wakeup
-//! nor a system call per request — and, on a slave, to the report spool, fsynced on a
-//! short timer (200 ms), with a statistics record every 10 s. A full queue (the disk far
-//! behind) is counted and reported in extended.log, never silent.
+//! extended.log event) pushes records onto a bounded queue; one thread of its own takes
+//! the whole queue every 50 ms (sooner when it fills up) and appends it to
+//! log_dir/access.log in one write — no request waits on the disk, a busy proxy pays
+//! neither a wakeup nor a system call per request, and no runtime worker is held up by
+//! file I/O — and, on a slave, to the report spool, fsynced on a short timer (200 ms),
+//! with a statistics record every 10 s. A full queue (the disk far behind) is counted
+//! and reported in extended.log, never silent.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use ssq::accessrecord::AccessRecord;
 use ssq::extlog::ExtLog;
@@ -57,7 +58,7 @@ pub struct AccessLog {
     /// What the writer has yet to take.
     queue: Mutex<Vec<Msg>>,
     /// Wakes the writer before its tick (a long queue, a flush).
-    wake: Notify,
+    wake: Condvar,
     /// Records that found the queue full.
     pub dropped: AtomicU64,
     /// Since start.
@@ -94,11 +95,23 @@ impl AccessLog {
             .open(&path)?;
         let log = Arc::new(AccessLog {
             queue: Mutex::new(Vec::with_capacity(WAKE_AT)),
-            wake: Notify::new(),
+            wake: Condvar::new(),
             dropped: AtomicU64::new(0),
             counters: Counters::default(),
         });
-        tokio::spawn(write_loop(log.clone(), file, path, events, spooling));
+        let writer = Writer {
+            me: log.clone(),
+            out: std::io::BufWriter::with_capacity(1 << 16, file),
+            path,
+            events,
+            spooling,
+            dirty: false,
+            spool_failing: false,
+            reported: 0,
+        };
+        std::thread::Builder::new()
+            .name("ssqd-accesslog".into())
+            .spawn(move || writer.run())?;
         Ok(log)
     }
 
@@ -110,8 +123,9 @@ impl AccessLog {
         if q.len() >= QUEUE && !matches!(m, Msg::Flush(_)) {
             return false;
         }
+        let urgent = matches!(m, Msg::Flush(_));
         q.push(m);
-        if q.len() == WAKE_AT {
+        if urgent || q.len() == WAKE_AT {
             self.wake.notify_one();
         }
         true
@@ -128,7 +142,6 @@ impl AccessLog {
     pub async fn flush(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.push(Msg::Flush(tx)) {
-            self.wake.notify_one();
             let _ = rx.await;
         }
     }
@@ -148,122 +161,107 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-async fn write_loop(
+/// The writer thread's state.
+struct Writer {
     me: Arc<AccessLog>,
-    file: std::fs::File,
+    out: std::io::BufWriter<std::fs::File>,
     path: std::path::PathBuf,
     events: ExtLog,
     spooling: Option<Spooling>,
-) {
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
-    let mut sync_tick = tokio::time::interval(
-        spooling
+    /// Spooled since the last fsync.
+    dirty: bool,
+    /// The last spool write failed (reported once until it works again).
+    spool_failing: bool,
+    /// Dropped records already reported.
+    reported: u64,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let sync_every = self
+            .spooling
             .as_ref()
             .map(|s| s.sync_every)
-            .unwrap_or(Duration::from_millis(200)),
-    );
-    let mut stats_tick = tokio::time::interval(STATS_EVERY);
-    let mut write_tick = tokio::time::interval(WRITE_EVERY);
-    write_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut batch: Vec<Msg> = Vec::with_capacity(WAKE_AT);
-    let mut reported = 0;
-    let mut dirty = false;
-    let mut spool_failing = false;
-    let append = |payload: Payload, failing: &mut bool| {
-        let Some(sp) = &spooling else { return };
+            .unwrap_or(Duration::from_millis(200));
+        let mut next_sync = Instant::now() + sync_every;
+        // A statistics record at start, then every STATS_EVERY.
+        let mut next_stats = Instant::now();
+        let mut batch: Vec<Msg> = Vec::with_capacity(WAKE_AT);
+        loop {
+            let now = Instant::now();
+            let wait = WRITE_EVERY
+                .min(next_sync.saturating_duration_since(now))
+                .min(next_stats.saturating_duration_since(now));
+            let Ok(mut q) = self.me.queue.lock() else {
+                return;
+            };
+            if q.len() < WAKE_AT && !q.iter().any(|m| matches!(m, Msg::Flush(_))) {
+                q = match self.me.wake.wait_timeout(q, wait) {
+                    Ok((q, _)) => q,
+                    Err(_) => return,
+                };
+            }
+            std::mem::swap(&mut *q, &mut batch);
+            drop(q);
+            self.write(&mut batch);
+            let now = Instant::now();
+            if now >= next_sync {
+                self.sync();
+                next_sync = now + sync_every;
+            }
+            if now >= next_stats {
+                self.stats();
+                next_stats = now + STATS_EVERY;
+            }
+        }
+    }
+
+    fn append(&mut self, payload: Payload) {
+        let Some(sp) = &self.spooling else { return };
         let r = match sp.spool.lock() {
             Ok(mut s) => s.append(payload).map(|_| ()).map_err(|e| e.to_string()),
             Err(_) => Err("spool lock poisoned".into()),
         };
         match r {
-            Ok(()) => *failing = false,
+            Ok(()) => self.spool_failing = false,
             Err(e) => {
-                if !*failing {
-                    events.warn("report", &format!("cannot write the report spool: {e}"));
+                if !self.spool_failing {
+                    self.events
+                        .warn("report", &format!("cannot write the report spool: {e}"));
                 }
-                *failing = true;
+                self.spool_failing = true;
             }
         }
-    };
-    loop {
-        tokio::select! {
-            _ = write_tick.tick() => {}
-            () = me.wake.notified() => {}
-            _ = sync_tick.tick() => {
-                if let (Some(sp), true) = (&spooling, dirty) {
-                    dirty = false;
-                    // The fsync may take a while: let the runtime move other work off
-                    // this thread meanwhile.
-                    let r = tokio::task::block_in_place(|| {
-                        sp.spool.lock().map_err(|_| "spool lock poisoned".to_string())
-                            .and_then(|mut s| {
-                                let notes = s.take_notes();
-                                s.flush().map(|()| notes).map_err(|e| e.to_string())
-                            })
-                    });
-                    match r {
-                        Ok(notes) => {
-                            for n in notes {
-                                events.warn("report", &n);
-                            }
-                            sp.flushed.notify_one();
-                        }
-                        Err(e) => events.warn("report", &format!("cannot sync the report spool: {e}")),
-                    }
-                }
-                let dropped = me.dropped.load(Ordering::Relaxed);
-                if dropped > reported {
-                    events.warn("access", &format!("{} records could not be queued (the disk is far behind); total {dropped}", dropped - reported));
-                    reported = dropped;
-                }
-            }
-            _ = stats_tick.tick() => {
-                if let Some(sp) = &spooling {
-                    let depth = sp.spool.lock().map(|s| s.stats().pending_records).unwrap_or(0);
-                    let stats = Stats {
-                        time_ms: now_ms(),
-                        requests: me.counters.requests.load(Ordering::Relaxed),
-                        blocked: me.counters.blocked.load(Ordering::Relaxed),
-                        active_connections: sp.conns.open(),
-                        bytes: me.counters.bytes.load(Ordering::Relaxed),
-                        spool_depth: depth,
-                    };
-                    append(Payload::Stats(stats), &mut spool_failing);
-                    dirty = true;
-                }
-            }
-        }
-        if let Ok(mut q) = me.queue.lock() {
-            std::mem::swap(&mut *q, &mut batch);
-        }
+        self.dirty = true;
+    }
+
+    fn write(&mut self, batch: &mut Vec<Msg>) {
         if batch.is_empty() {
-            continue;
+            return;
         }
         for m in batch.drain(..) {
             match m {
                 Msg::Request(rec) => {
-                    me.counters.requests.fetch_add(1, Ordering::Relaxed);
+                    let c = &self.me.counters;
+                    c.requests.fetch_add(1, Ordering::Relaxed);
                     if rec.action == "blocked" {
-                        me.counters.blocked.fetch_add(1, Ordering::Relaxed);
+                        c.blocked.fetch_add(1, Ordering::Relaxed);
                     }
-                    me.counters
-                        .bytes
-                        .fetch_add(rec.bytes_down, Ordering::Relaxed);
-                    if let Err(e) = out.write_all(rec.squid_line().as_bytes()) {
-                        events.warn("access", &format!("cannot write {}: {e}", path.display()));
+                    c.bytes.fetch_add(rec.bytes_down, Ordering::Relaxed);
+                    if let Err(e) = self.out.write_all(rec.squid_line().as_bytes()) {
+                        self.events.warn(
+                            "access",
+                            &format!("cannot write {}: {e}", self.path.display()),
+                        );
                     }
-                    if spooling.is_some() {
-                        append(Payload::Request(Box::new(rec)), &mut spool_failing);
-                        dirty = true;
+                    if self.spooling.is_some() {
+                        self.append(Payload::Request(Box::new(rec)));
                     }
                 }
-                Msg::Event(line) => {
-                    append(Payload::Event { line }, &mut spool_failing);
-                    dirty = true;
-                }
+                Msg::Event(line) => self.append(Payload::Event { line }),
                 Msg::Flush(done) => {
-                    let _ = out.flush();
-                    if let Some(sp) = &spooling {
+                    let _ = self.out.flush();
+                    if let Some(sp) = &self.spooling {
                         if let Ok(mut s) = sp.spool.lock() {
                             let _ = s.flush();
                         }
@@ -272,8 +270,69 @@ async fn write_loop(
                 }
             }
         }
-        if let Err(e) = out.flush() {
-            events.warn("access", &format!("cannot write {}: {e}", path.display()));
+        if let Err(e) = self.out.flush() {
+            self.events.warn(
+                "access",
+                &format!("cannot write {}: {e}", self.path.display()),
+            );
         }
+    }
+
+    /// fsync the spool when something was written, and wake the shipper; report
+    /// records that found the queue full.
+    fn sync(&mut self) {
+        if let (Some(sp), true) = (&self.spooling, self.dirty) {
+            self.dirty = false;
+            let r = sp
+                .spool
+                .lock()
+                .map_err(|_| "spool lock poisoned".to_string())
+                .and_then(|mut s| {
+                    let notes = s.take_notes();
+                    s.flush().map(|()| notes).map_err(|e| e.to_string())
+                });
+            match r {
+                Ok(notes) => {
+                    for n in notes {
+                        self.events.warn("report", &n);
+                    }
+                    sp.flushed.notify_one();
+                }
+                Err(e) => self
+                    .events
+                    .warn("report", &format!("cannot sync the report spool: {e}")),
+            }
+        }
+        let dropped = self.me.dropped.load(Ordering::Relaxed);
+        if dropped > self.reported {
+            self.events.warn(
+                "access",
+                &format!(
+                    "{} records could not be queued (the disk is far behind); total {dropped}",
+                    dropped - self.reported
+                ),
+            );
+            self.reported = dropped;
+        }
+    }
+
+    /// Spool a statistics record (slaves).
+    fn stats(&mut self) {
+        let Some(sp) = &self.spooling else { return };
+        let depth = sp
+            .spool
+            .lock()
+            .map(|s| s.stats().pending_records)
+            .unwrap_or(0);
+        let c = &self.me.counters;
+        let stats = Stats {
+            time_ms: now_ms(),
+            requests: c.requests.load(Ordering::Relaxed),
+            blocked: c.blocked.load(Ordering::Relaxed),
+            active_connections: sp.conns.open(),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            spool_depth: depth,
+        };
+        self.append(Payload::Stats(stats));
     }
 }
