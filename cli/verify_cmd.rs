@@ -488,11 +488,27 @@ fn master_down(
         "not checked: the master could not be reached",
         None,
     );
-    let slaves = a
-        .slaves
+    // Without the master's list, the slaves named here or in the inventory.
+    let named: Vec<(String, String)> = if a.slaves.is_empty() {
+        ctx.inventory
+            .as_ref()
+            .map(|i| {
+                i.slaves
+                    .iter()
+                    .map(|e| (e.name.clone(), e.address.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        a.slaves
+            .iter()
+            .map(|n| (n.clone(), "-".to_string()))
+            .collect()
+    };
+    let slaves = named
         .iter()
-        .map(|n| {
-            let mut r = NodeReport::new(n, "-");
+        .map(|(n, addr)| {
+            let mut r = NodeReport::new(n, addr);
             r.complete(
                 SLAVE_CHECKS,
                 "not checked: the master could not be reached",

@@ -215,7 +215,7 @@ fn all_green_then_allow_list_then_a_stopped_slave() {
 fn another_master_and_another_key_fail_their_checks() {
     let env = Env::new();
     let master = start_master(&env, "va");
-    let other_master = start_master(&env, "vb");
+    let mut other_master = start_master(&env, "vb");
     let _good = start_slave(&env, "vg", &master);
     let elsewhere = start_slave(&env, "ve", &other_master);
     let other_key = env.path().join("other.key");
@@ -264,6 +264,13 @@ fn another_master_and_another_key_fail_their_checks() {
     assert!(why.contains("activation key id"), "{why}");
     // Its startup params are right: it names this master.
     assert_eq!(check(slave(&r, "vk"), "startup_params").0, "PASS");
+    // A master that does not answer: exit 3, its row says so, the named slave is listed
+    // unchecked.
+    other_master.stop();
+    let (code, r, _) = verify(&env, &other_master, &["--slave", "ve"]);
+    assert_eq!(code, 3, "{r:#}");
+    assert_eq!(check(&r["master"], "reachable").0, "FAIL", "{r:#}");
+    assert_eq!(check(slave(&r, "ve"), "startup_params").0, "SKIP", "{r:#}");
     // An unknown name is bad input (exit 2), and says so.
     let (code, r, _) = verify(&env, &master, &["--slave", "nosuch"]);
     assert_eq!(code, 2, "{r:#}");
