@@ -12,6 +12,7 @@ use serde_json::Value;
 use ssq::access::{Access, AccessList};
 use ssq::api::{LogLines, Status};
 use ssq::client::{ClientError, ClientOptions, Conn, PinEvent, Portal};
+use ssq::extlog::percent_encode;
 use ssq::reportapi::Report;
 use ssq::syncapi::SlaveInfo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -68,19 +69,6 @@ fn now_ms() -> u64 {
 
 fn short(sha: &str) -> String {
     sha.chars().take(12).collect()
-}
-
-/// Percent-encode a query value.
-pub fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Check one slave, writing each result into `row` as soon as it is known (so a run
@@ -505,7 +493,7 @@ async fn sync_events(
     }
     let path = format!(
         "/api/v1/logs?n=2000&category=sync&grep={}",
-        enc("synchronized section")
+        percent_encode("synchronized section")
     );
     let lines: LogLines = conn.call("GET", &path, None::<&()>).await.map_err(|e| {
         (
@@ -675,7 +663,7 @@ async fn probe_traffic(sh: &Shared, s: &Status, address: &str) -> Result<String,
     ));
     let path = format!(
         "/api/v1/reports/requests?host=ssq.probe&slave={}&from={}&limit=200",
-        enc(&s.node),
+        percent_encode(&s.node),
         sent.saturating_sub(600_000)
     );
     loop {
@@ -709,25 +697,16 @@ async fn probe_traffic(sh: &Shared, s: &Status, address: &str) -> Result<String,
     }
 }
 
-/// A random u64 (for nonces).
+/// A random u64 (for nonces); the clock and pid if the system has no randomness.
 pub fn rand_u64() -> u64 {
-    let mut b = [0u8; 8];
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
-        return now_ms() ^ u64::from(std::process::id());
-    }
-    u64::from_le_bytes(b)
+    ssq::keys::random_bytes::<8>()
+        .map(u64::from_le_bytes)
+        .unwrap_or_else(|_| now_ms() ^ u64::from(std::process::id()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn encodes_query_values() {
-        assert_eq!(enc("synchronized section"), "synchronized%20section");
-        assert_eq!(enc("a&b=c"), "a%26b%3Dc");
-        assert_eq!(enc("slave-1.x_y~"), "slave-1.x_y~");
-    }
 
     #[test]
     fn probe_goes_to_the_portal_host_when_the_proxy_listens_everywhere() {
