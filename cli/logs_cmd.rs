@@ -15,7 +15,8 @@ use std::time::Duration;
 use serde::Serialize;
 use ssq::api::{LogLines, Status};
 use ssq::client::with_default_port;
-use ssq::extlog::{percent_encode, LogFilter, CATEGORIES};
+use ssq::extlog::{LogFilter, CATEGORIES};
+use ssq::query::percent_encode;
 use ssq::reportapi::Report;
 use ssq::syncapi::SlaveInfo;
 

@@ -444,15 +444,7 @@ pub fn wait_path(revision: u64, secs: u64) -> String {
 
 /// `/api/v1/slaves/NAME`, the name percent-encoded.
 pub fn slave_path(name: &str) -> String {
-    let mut out = String::from("/api/v1/slaves/");
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    format!("/api/v1/slaves/{}", ssq::query::percent_encode(name))
 }
 
 impl Target {

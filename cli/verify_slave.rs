@@ -12,7 +12,7 @@ use serde_json::Value;
 use ssq::access::{Access, AccessList};
 use ssq::api::{LogLines, Status};
 use ssq::client::{ClientError, ClientOptions, Conn, PinEvent, Portal};
-use ssq::extlog::percent_encode;
+use ssq::query::percent_encode;
 use ssq::reportapi::Report;
 use ssq::syncapi::SlaveInfo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

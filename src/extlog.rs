@@ -15,6 +15,8 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::query::{percent_decode, percent_encode};
+
 /// Event severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -225,48 +227,6 @@ pub fn category(line: &str) -> Option<&str> {
     let rest = line.splitn(4, ' ').nth(3)?;
     let (cat, _) = rest.split_once(':')?;
     (!cat.is_empty() && !cat.contains(' ')).then_some(cat)
-}
-
-/// A query value with everything but `A-Z a-z 0-9 - . _ ~` as `%XX`.
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// A query value decoded: `%XX` as that byte, `+` as a space; a `%` not followed by two
-/// hex digits stays as it is; invalid UTF-8 becomes U+FFFD.
-pub fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The byte range one read scans: `(start, end)`.
@@ -559,7 +519,6 @@ mod tests {
         assert_eq!(g.n, MAX_LINES);
         assert_eq!(g.grep.as_deref(), Some("x y%2"));
         assert_eq!(g.after, None);
-        assert_eq!(percent_decode("%E2%9C%93%zz%"), "\u{2713}%zz%");
     }
 
     #[test]

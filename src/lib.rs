@@ -14,6 +14,7 @@ pub mod nodeconf;
 pub mod pins;
 pub mod policy;
 pub mod policystore;
+pub mod query;
 pub mod reportapi;
 pub mod reportstore;
 pub mod sign;
