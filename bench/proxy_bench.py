@@ -906,6 +906,11 @@ def print_report(report: dict, bench: Bench | None) -> None:
     idle = report.get("rss_idle_mib", {})
     if idle:
         print("RSS idle (MiB, before any request): " + ", ".join(f"{k} {v}" for k, v in idle.items()))
+    for key, label in (("rss_end_idle_mib", "right after the last run"),
+                       ("rss_settled_idle_mib", f"{report.get('config', {}).get('settle_s')} s later")):
+        v = report.get(key)
+        if v:
+            print(f"RSS idle (MiB, {label}): " + ", ".join(f"{k} {x}" for k, x in v.items()))
     i3 = report.get("item3")
     if i3:
         print(f"item 3: ssqd cpu/req small policy {i3.get('small_cpu_us_per_req')} us, 100k domains + 100 regexes "
@@ -934,6 +939,8 @@ def main() -> int:
                     help="longest wait for other work to end before a repeat, seconds (default 300)")
     ap.add_argument("--nginx-workers", default="1", help="nginx worker_processes (default 1; 'auto' = one per CPU)")
     ap.add_argument("--no-big", action="store_true", help="skip item 3 (the 100,000-domain policy)")
+    ap.add_argument("--settle", type=float, default=75,
+                    help="after the last run, wait this many seconds and read each proxy's RSS again (0: skip)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 round of 2 s, 1 s warm-up")
     ap.add_argument("--no-build", action="store_true",
                     help="use the binaries of the last build (target/release, or target/bench with --git-rev)")
@@ -960,7 +967,7 @@ def main() -> int:
                     "config": {"rounds": args.rounds, "duration_s": args.duration, "threads": args.threads,
                                "max_other_cpus": args.max_other_cpus,
                                "warmup_s": args.warmup, "nginx_workers": args.nginx_workers,
-                               "rss_sample_period_s": 0.2, "wrk_timeout_s": 10}}
+                               "rss_sample_period_s": 0.2, "wrk_timeout_s": 10, "settle_s": args.settle}}
     target = ROOT / "target" / ("bench" if args.git_rev else "")
     bin_dir = target / "release"
     stamp = bin_dir / ".ssq-proxy-bench-source"
@@ -1063,6 +1070,12 @@ def main() -> int:
         bench.measure()
         report["summary"] = s = bench.summary()
         report["rss_end_idle_mib"] = {k: rnd(rss_bytes(p) / 2**20, 2) for k, p in pids.items()}
+        if args.settle > 0:
+            # ssqd closes idle upstream connections after 30 s (checked every 30 s) and
+            # hands freed memory back every 10 s: what it keeps once the load is gone.
+            log(f"settling: RSS again after {args.settle} s without load")
+            time.sleep(args.settle)
+            report["rss_settled_idle_mib"] = {k: rnd(rss_bytes(p) / 2**20, 2) for k, p in pids.items()}
         if item3 is not None:
             small = {r["round"]: r for r in bench.cell("ssqd", "1k", 64)}
             bigr = {r["round"]: r for r in bench.cell("ssqd_big", "1k", 64)}

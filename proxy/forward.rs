@@ -119,7 +119,10 @@ impl Proxy {
         http.set_connect_timeout(Some(limits.upstream_connect_timeout));
         http.set_nodelay(true);
         http.enforce_http(true);
+        // The timer makes the pool close idle upstream connections (and free their
+        // buffers) after the idle timeout; without one it never does.
         let client = Client::builder(TokioExecutor::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(std::time::Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(http);
