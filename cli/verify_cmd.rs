@@ -70,7 +70,7 @@ pub async fn run(ctx: &Ctx, a: VerifyArgs) -> Result<(), Failure> {
             ms.node,
             ms.role,
             ms.version,
-            t1 - t0
+            t1.saturating_sub(t0)
         ),
         t_connect,
     );
@@ -83,7 +83,8 @@ pub async fn run(ctx: &Ctx, a: VerifyArgs) -> Result<(), Failure> {
             t_connect,
         );
     }
-    let master_skew = (ms.now_ms != 0).then(|| ms.now_ms as i64 - ((t0 + t1) / 2) as i64);
+    let master_skew =
+        (ms.now_ms != 0).then(|| ms.now_ms as i64 - (t0 + t1.saturating_sub(t0) / 2) as i64);
     master_checks(&mut master_row, &ms, master_skew, &a);
     let access = mt.access().await.map_err(|f| f.message);
     let targets = slave_targets(ctx, &a, &ms);

@@ -159,7 +159,7 @@ pub async fn verify(sh: Arc<Shared>, t: SlaveTarget, row: Arc<Mutex<NodeReport>>
                     s.node,
                     s.role,
                     s.pid,
-                    t1 - t0
+                    t1.saturating_sub(t0)
                 ),
                 started,
             )
@@ -201,14 +201,14 @@ fn clock(sh: &Shared, s: &Status, t0: u64, t1: u64, r: &mut NodeReport, at: Inst
         r.skip("clock", "the slave does not report its clock (older ssqd)");
         return;
     }
-    let local = ((t0 + t1) / 2) as i64;
+    let local = (t0 + t1.saturating_sub(t0) / 2) as i64;
     let skew = s.now_ms as i64 - local;
     let (vs, diff) = match sh.master_skew_ms {
         Some(m) => ("the master", skew - m),
         None => ("this host", skew),
     };
     let bound = sh.max_clock_skew.as_millis() as i64;
-    let uncertainty = (t1 - t0) as i64 / 2;
+    let uncertainty = (t1.saturating_sub(t0) / 2) as i64;
     if diff.abs() > bound + uncertainty {
         r.fail(
             "clock",
