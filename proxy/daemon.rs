@@ -462,16 +462,22 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                             // request in flight, then close; the permit counts as open
                             // until then (the drain waits for the count to reach zero).
                             drop(watcher);
-                            let (io, findings) = crate::framing::Framing::new(
-                                crate::idle::IdleIo::new(tcp, limits.idle_timeout),
-                            );
+                            let idle_io = crate::idle::IdleIo::new(tcp, limits.idle_timeout);
+                            let waiting = idle_io.waiting();
+                            let (io, findings) = crate::framing::Framing::new(idle_io);
                             let index = Arc::new(std::sync::atomic::AtomicU64::new(0));
                             let p = proxy.clone();
                             let permit = Arc::new(permit);
                             let hold = permit.clone();
                             let svc = service_fn(move |req| {
                                 let i = index.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                p.clone().handle(peer, findings.is_ambiguous(i), hold.clone(), req)
+                                let w = crate::idle::Waiting::enter(&waiting);
+                                let answer = p.clone().handle(peer, findings.is_ambiguous(i), hold.clone(), req);
+                                async move {
+                                    let r = answer.await;
+                                    drop(w);
+                                    r
+                                }
                             });
                             let conn = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
                             let mut conn = std::pin::pin!(conn);

@@ -13,9 +13,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use ssq::accessrecord::AccessRecord;
 use ssq::policy::{EffectiveLimits, Request as PolicyRequest, Verdict};
 
@@ -25,16 +23,14 @@ use crate::connlimit::Permit;
 use crate::node::Node;
 use crate::pages;
 use crate::tracked::{CountIo, ProxyBody, RecordGuard, Tracked};
-
-/// Upstream request bodies: the client's, counted.
-type UpBody = Tracked<Incoming>;
+use crate::upstream::{Outgoing, UpError, Upstream};
 
 /// The proxy of one node.
 pub struct Proxy {
     /// The node (policy, names, listeners).
     node: Arc<Node>,
-    /// Pooled upstream HTTP/1.1 client.
-    client: Client<HttpConnector, UpBody>,
+    /// Pooled upstream HTTP/1.1 connections.
+    upstream: Arc<Upstream>,
     /// The access log.
     pub log: Arc<AccessLog>,
     /// `Via` value: `1.1 NODE`.
@@ -108,31 +104,16 @@ fn forbidden_target(addr: SocketAddr, own: &[SocketAddr]) -> Option<&'static str
 }
 
 impl Proxy {
-    /// A proxy for `node` writing to `log`.
+    /// A proxy for `node` writing to `log` (inside the runtime: the upstream pool has
+    /// a task that closes idle connections).
     pub fn new(node: Arc<Node>, log: Arc<AccessLog>) -> Arc<Proxy> {
-        let limits = node
-            .active
-            .get()
-            .map(|a| *a.matcher.limits())
-            .unwrap_or_default();
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(limits.upstream_connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(true);
-        // The timer makes the pool close idle upstream connections (and free their
-        // buffers) after the idle timeout; without one it never does.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .build(http);
         let via = HeaderValue::from_str(&format!("1.1 {}", node.files.startup.node))
             .unwrap_or(HeaderValue::from_static("1.1 ssq"));
         let mut own = vec![node.portal_addr];
         own.extend(node.proxy_addr);
         Arc::new(Proxy {
             node,
-            client,
+            upstream: Upstream::new(),
             log,
             via,
             own,
@@ -446,22 +427,6 @@ impl Proxy {
         guard: RecordGuard,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri: Uri = match format!("http://{addr}{pq}").parse() {
-            Ok(u) => u,
-            Err(_) => {
-                return self.refuse(
-                    400,
-                    "Bad request",
-                    "the request target cannot be forwarded",
-                    guard,
-                )
-            }
-        };
         // The Host the client named (or the target's), never the resolved address.
         let target_authority = parts
             .uri
@@ -478,11 +443,21 @@ impl Proxy {
             parts.headers.insert(header::HOST, hv);
         }
         parts.headers.append(header::VIA, self.via.clone());
-        parts.uri = uri;
-        parts.version = http::Version::HTTP_11;
-        let up = Request::from_parts(parts, Tracked::new(body, guard.up.clone(), None));
+        let out = Outgoing {
+            method: &parts.method,
+            target: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/"),
+            headers: &parts.headers,
+        };
+        let body = Tracked::new(body, guard.up.clone(), None);
         let wait = limits.upstream_connect_timeout + limits.idle_timeout;
-        let resp = match tokio::time::timeout(wait, self.client.request(up)).await {
+        let sent = self
+            .upstream
+            .send(addr, out, body, limits.upstream_connect_timeout);
+        let (head, body) = match tokio::time::timeout(wait, sent).await {
             Err(_) => {
                 return self.refuse(
                     504,
@@ -491,17 +466,30 @@ impl Proxy {
                     guard,
                 )
             }
+            Ok(Err(UpError::ConnectTimeout)) => {
+                return self.refuse(
+                    504,
+                    "Gateway timeout",
+                    &format!(
+                        "connecting to {host} ({addr}) took longer than {} s",
+                        limits.upstream_connect_timeout.as_secs()
+                    ),
+                    guard,
+                )
+            }
             Ok(Err(e)) => {
-                let why = if e.is_connect() {
-                    format!("cannot connect to {host} ({addr}): {}", source_text(&e))
-                } else {
-                    format!("the upstream {host} ({addr}) failed: {}", source_text(&e))
+                let why = match &e {
+                    UpError::Connect(_) => format!("cannot connect to {host} ({addr}): {e}"),
+                    _ => format!("the upstream {host} ({addr}) failed: {e}"),
                 };
                 return self.refuse(502, "Bad gateway", &why, guard);
             }
             Ok(Ok(r)) => r,
         };
-        let (mut parts, body) = resp.into_parts();
+        let mut resp = Response::new(());
+        *resp.status_mut() = head.status;
+        *resp.headers_mut() = head.headers;
+        let (mut parts, ()) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.append(header::VIA, self.via.clone());
         let mut guard = guard;
@@ -569,17 +557,6 @@ impl Proxy {
         r.headers_mut().insert(header::VIA, self.via.clone());
         r
     }
-}
-
-fn source_text(e: &hyper_util::client::legacy::Error) -> String {
-    use std::error::Error;
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s = format!("{s}: {c}");
-        cur = c.source();
-    }
-    s
 }
 
 /// The URL for the record, without any `user:password@` it carried.

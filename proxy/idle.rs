@@ -1,10 +1,14 @@
 //! The idle timeout of a client connection: an I/O wrapper that fails a read with
 //! `TimedOut` once neither a read nor a write has happened for the limit (between
 //! requests on a keep-alive connection, or in a quiet tunnel). Activity costs one clock
-//! read; the timer is only re-armed when it fires early.
+//! read; the timer is only re-armed when it fires early. Time spent waiting for an
+//! upstream's answer is not idle: the handler holds a `Waiting` guard meanwhile, so a
+//! slow origin gets its 504 rather than a dropped client connection.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,6 +25,25 @@ pub struct IdleIo<T> {
     last: Instant,
     /// Fires at `last + idle` (or earlier; then re-armed).
     timer: Pin<Box<Sleep>>,
+    /// Requests on this connection waiting for their answer.
+    waiting: Arc<AtomicUsize>,
+}
+
+/// Held while a request waits for its answer: the connection is not idle meanwhile.
+pub struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    /// Count one request as waiting on the connection of `counter`.
+    pub fn enter(counter: &Arc<AtomicUsize>) -> Waiting {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Waiting(counter.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl<T> IdleIo<T> {
@@ -32,7 +55,13 @@ impl<T> IdleIo<T> {
             idle,
             last: now,
             timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            waiting: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The counter a `Waiting` guard takes.
+    pub fn waiting(&self) -> Arc<AtomicUsize> {
+        self.waiting.clone()
     }
 
     fn touch(&mut self) {
@@ -44,6 +73,9 @@ impl<T> IdleIo<T> {
         loop {
             if self.timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
+            }
+            if self.waiting.load(Ordering::Relaxed) > 0 {
+                self.touch();
             }
             let due = self.last + self.idle;
             if Instant::now() >= due {
@@ -132,6 +164,23 @@ mod tests {
         io.read_exact(&mut buf).await.unwrap();
         tokio::time::advance(Duration::from_secs(4)).await;
         tokio::io::AsyncWriteExt::write_all(&mut b, b"y")
+            .await
+            .unwrap();
+        io.read_exact(&mut buf).await.unwrap();
+        let e = io.read_exact(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waiting_for_its_answer_is_not_idle() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut io = IdleIo::new(a, Duration::from_secs(5));
+        let waiting = Waiting::enter(&io.waiting());
+        let mut buf = [0u8; 1];
+        let quiet = tokio::time::timeout(Duration::from_secs(12), io.read_exact(&mut buf)).await;
+        assert!(quiet.is_err(), "timed out while a request was waiting");
+        drop(waiting);
+        tokio::io::AsyncWriteExt::write_all(&mut b, b"x")
             .await
             .unwrap();
         io.read_exact(&mut buf).await.unwrap();

@@ -21,6 +21,8 @@ mod shipper;
 mod slave;
 mod sync_api;
 mod tracked;
+mod upbody;
+mod upstream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

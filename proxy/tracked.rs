@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use ssq::accessrecord::AccessRecord;
 
 use crate::accesslog::AccessLog;
@@ -101,7 +101,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
 }
 
 /// What the proxy answers with: a page of its own, or the upstream's body.
-pub type ProxyBody = Tracked<Either<Full<Bytes>, Incoming>>;
+pub type ProxyBody = Tracked<Either<Full<Bytes>, crate::upbody::UpBody>>;
 
 /// An I/O stream that counts the bytes read from it (a tunnel's two ends), so the
 /// record has the real counts however the tunnel ends (closed, reset, timed out).

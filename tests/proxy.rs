@@ -12,8 +12,6 @@ mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -84,53 +82,8 @@ fn serve_origin_conn(s: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
         Err(_) => return,
     };
     let mut r = BufReader::new(s);
-    loop {
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            match r.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            if line == "\r\n" || line == "\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
+    while let Some((head, _body)) = read_http_request(&mut r) {
         let lower = head.to_ascii_lowercase();
-        let mut body_len = 0usize;
-        let mut chunked = false;
-        for l in lower.lines() {
-            if let Some(v) = l.strip_prefix("content-length:") {
-                body_len = v.trim().parse().unwrap_or(0);
-            }
-            if l.starts_with("transfer-encoding:") && l.contains("chunked") {
-                chunked = true;
-            }
-        }
-        if chunked {
-            // Read chunks up to the last one (trailers are not expected).
-            loop {
-                let mut size = String::new();
-                if r.read_line(&mut size).unwrap_or(0) == 0 {
-                    return;
-                }
-                let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
-                    .unwrap_or(0);
-                let mut chunk = vec![0u8; n + 2];
-                if r.read_exact(&mut chunk).is_err() {
-                    return;
-                }
-                if n == 0 {
-                    break;
-                }
-            }
-        } else if body_len > 0 {
-            let mut body = vec![0u8; body_len];
-            if r.read_exact(&mut body).is_err() {
-                return;
-            }
-        }
         heads.lock().unwrap().push(head);
         // Hop-by-hop headers of our own on the way back too: they must not reach the
         // client either.
@@ -330,69 +283,6 @@ fn raw_once(proxy: &str, request: &str) -> Resp {
     let mut c = Raw::connect(proxy);
     c.send(request);
     c.response(false)
-}
-
-/// What curl did.
-struct Curl {
-    /// `%{http_code}`: the final response's status (0: none).
-    code: u16,
-    /// `%{http_connect}`: the proxy's answer to CONNECT (0: none).
-    connect: u16,
-    /// Every response head curl received (`-D`), CONNECT's included.
-    headers: String,
-    body: String,
-    out: Output,
-}
-
-static CURL_N: AtomicUsize = AtomicUsize::new(0);
-
-/// `curl -sS --max-time 15 ARGS`, with heads and body captured in files under `dir`.
-fn curl(dir: &std::path::Path, args: &[&str]) -> Curl {
-    let n = CURL_N.fetch_add(1, Ordering::SeqCst);
-    let hfile: PathBuf = dir.join(format!("curl-{n}.head"));
-    let bfile: PathBuf = dir.join(format!("curl-{n}.body"));
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "15", "--noproxy", "", "-D"])
-        .arg(&hfile)
-        .arg("-o")
-        .arg(&bfile)
-        .args(["-w", "%{http_code} %{http_connect}"])
-        .args(args)
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("ALL_PROXY")
-        .env_remove("all_proxy")
-        .env_remove("NO_PROXY")
-        .env_remove("no_proxy")
-        .output()
-        .expect("run curl (install it: scripts/test does on Debian)");
-    let w = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut it = w.split_whitespace();
-    let code = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let connect = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    Curl {
-        code,
-        connect,
-        headers: std::fs::read_to_string(&hfile).unwrap_or_default(),
-        body: std::fs::read_to_string(&bfile).unwrap_or_default(),
-        out,
-    }
-}
-
-impl std::fmt::Debug for Curl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "curl exit {:?}, http_code {}, http_connect {}\nstderr: {}\nheads:\n{}\nbody:\n{}",
-            self.out.status.code(),
-            self.code,
-            self.connect,
-            stderr(&self.out),
-            self.headers,
-            self.body
-        )
-    }
 }
 
 // ---------------------------------------------------------------------------------

@@ -743,3 +743,111 @@ pub fn apply_policy_wait(env: &Env, master: &Node, slaves: &[&str], policy: &str
     ]);
     assert_ok(&out, "ssq policy apply --wait");
 }
+
+/// Read one HTTP/1.1 request off `r` as an origin server does: the head (request line
+/// and headers, without the blank line) and the body (Content-Length or chunked,
+/// decoded). None when the connection ends first.
+pub fn read_http_request<R: std::io::BufRead>(r: &mut R) -> Option<(String, Vec<u8>)> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" || line == "\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let lower = head.to_ascii_lowercase();
+    let mut body = Vec::new();
+    if lower
+        .lines()
+        .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"))
+    {
+        loop {
+            let mut size = String::new();
+            if r.read_line(&mut size).ok()? == 0 {
+                return None;
+            }
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).ok()?;
+            let mut chunk = vec![0u8; n + 2];
+            r.read_exact(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(n) = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        body.resize(n, 0);
+        r.read_exact(&mut body).ok()?;
+    }
+    Some((head, body))
+}
+
+/// What curl did.
+pub struct Curl {
+    /// `%{http_code}`: the final response's status (0: none).
+    pub code: u16,
+    /// `%{http_connect}`: the proxy's answer to CONNECT (0: none).
+    pub connect: u16,
+    /// Every response head curl received (`-D`), CONNECT's included.
+    pub headers: String,
+    pub body: String,
+    pub out: Output,
+}
+
+static CURL_N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `curl -sS --max-time 15 ARGS`, with heads and body captured in files under `dir`.
+pub fn curl(dir: &std::path::Path, args: &[&str]) -> Curl {
+    let n = CURL_N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let hfile: std::path::PathBuf = dir.join(format!("curl-{n}.head"));
+    let bfile: std::path::PathBuf = dir.join(format!("curl-{n}.body"));
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "15", "--noproxy", "", "-D"])
+        .arg(&hfile)
+        .arg("-o")
+        .arg(&bfile)
+        .args(["-w", "%{http_code} %{http_connect}"])
+        .args(args)
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .expect("run curl (install it: scripts/test does on Debian)");
+    let w = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut it = w.split_whitespace();
+    let code = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let connect = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    Curl {
+        code,
+        connect,
+        headers: std::fs::read_to_string(&hfile).unwrap_or_default(),
+        body: std::fs::read_to_string(&bfile).unwrap_or_default(),
+        out,
+    }
+}
+
+impl std::fmt::Debug for Curl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "curl exit {:?}, http_code {}, http_connect {}\nstderr: {}\nheads:\n{}\nbody:\n{}",
+            self.out.status.code(),
+            self.code,
+            self.connect,
+            stderr(&self.out),
+            self.headers,
+            self.body
+        )
+    }
+}

@@ -1,0 +1,290 @@
+//! An upstream response body, read from the upstream socket when the client side asks
+//! for the next frame: Content-Length, chunked (decoded; hyper re-frames it for the
+//! client) or delimited by the connection closing. The buffer is bounded, so a large
+//! body streams through a few tens of KiB. When the body ends cleanly on a connection
+//! that may be kept alive, the connection goes back to the pool.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::upstream::Conn;
+
+/// The most read from the upstream socket at once.
+const READ_MAX: usize = 64 * 1024;
+/// A chunk-size line or trailer line longer than this is refused.
+const MAX_LINE: usize = 4096;
+/// Trailer section bytes, at most.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// How a response body is delimited; the flag: whether the connection may be kept.
+#[derive(Debug, Clone, Copy)]
+pub enum Framing {
+    /// Exactly this many bytes.
+    Length(u64, bool),
+    /// Transfer-Encoding: chunked.
+    Chunked(bool),
+    /// Until the upstream closes.
+    Eof,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// Bytes of the body not yet handed on (some may be in the buffer).
+    Length(u64),
+    /// Waiting for a chunk-size line.
+    ChunkSize,
+    /// Bytes of the current chunk not yet handed on.
+    ChunkData(u64),
+    /// The CRLF after a chunk's data.
+    ChunkEnd,
+    /// Trailer lines, until an empty one; the bytes seen so far.
+    Trailers(usize),
+    /// Until the upstream closes.
+    Eof,
+    /// Finished.
+    Done,
+}
+
+/// The body of one upstream response.
+pub struct UpBody {
+    /// The connection, until the body is done.
+    conn: Option<Conn>,
+    /// Read but not yet handed on.
+    buf: BytesMut,
+    /// Where in the body we are.
+    state: State,
+    /// Whether the connection may carry another request once the body is done.
+    keep: bool,
+}
+
+fn bad(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("upstream body: {msg}"))
+}
+
+impl UpBody {
+    /// The body after the head; `buf` holds what was read past the head.
+    pub fn new(conn: Conn, buf: BytesMut, framing: Framing) -> UpBody {
+        let (state, keep) = match framing {
+            Framing::Length(n, keep) => (State::Length(n), keep),
+            Framing::Chunked(keep) => (State::ChunkSize, keep),
+            Framing::Eof => (State::Eof, false),
+        };
+        let mut body = UpBody {
+            conn: Some(conn),
+            buf,
+            state,
+            keep,
+        };
+        // A body of nothing may never be polled: the connection is free at once.
+        if matches!(body.state, State::Length(0)) {
+            body.finish();
+        }
+        body
+    }
+
+    /// The body ended cleanly: the connection goes back to the pool if it can.
+    fn finish(&mut self) {
+        self.state = State::Done;
+        if let Some(conn) = self.conn.take() {
+            // Bytes past the end mean the upstream said more than it framed.
+            if self.keep && self.buf.is_empty() {
+                conn.release();
+            }
+        }
+        self.buf = BytesMut::new();
+    }
+
+    /// Read more into the buffer; Ok(0) at the upstream's end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        let Some(conn) = &self.conn else {
+            return Poll::Ready(Ok(0));
+        };
+        self.buf.reserve(want.clamp(1024, READ_MAX));
+        loop {
+            ready!(conn.stream.poll_read_ready(cx))?;
+            match conn.stream.try_read_buf(&mut self.buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// A line (without its CRLF) at the start of the buffer, consumed; None if incomplete.
+    fn take_line(&mut self) -> io::Result<Option<BytesMut>> {
+        match self.buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let mut line = self.buf.split_to(i + 1);
+                line.truncate(i);
+                if line.last() == Some(&b'\r') {
+                    line.truncate(i - 1);
+                }
+                Ok(Some(line))
+            }
+            None if self.buf.len() > MAX_LINE => Err(bad("line too long")),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `rem` bytes of the buffer as a data frame.
+    fn data(&mut self, rem: u64) -> Bytes {
+        let n = usize::try_from(rem)
+            .unwrap_or(usize::MAX)
+            .min(self.buf.len());
+        self.buf.split_to(n).freeze()
+    }
+
+    /// Read more into the buffer; 0 at the upstream's end of stream.
+    fn fill(&mut self, cx: &mut Context<'_>, want: usize) -> Result<usize, Pend> {
+        match self.poll_fill(cx, want) {
+            Poll::Pending => Err(Pend::Pending),
+            Poll::Ready(r) => Ok(r?),
+        }
+    }
+
+    /// Read more, failing with `why` at the end of stream.
+    fn fill_or_fail(&mut self, cx: &mut Context<'_>, why: &str) -> Result<(), Pend> {
+        match self.fill(cx, 1024)? {
+            0 => Err(Pend::Err(bad(why))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The next piece of data; None at the end.
+    fn step(&mut self, cx: &mut Context<'_>) -> Result<Option<Bytes>, Pend> {
+        loop {
+            match self.state {
+                State::Done => return Ok(None),
+                State::Length(0) => {
+                    self.finish();
+                    return Ok(None);
+                }
+                State::Length(rem) | State::ChunkData(rem) if !self.buf.is_empty() => {
+                    let d = self.data(rem);
+                    let left = rem - d.len() as u64;
+                    self.state = match self.state {
+                        State::Length(_) => State::Length(left),
+                        _ if left == 0 => State::ChunkEnd,
+                        _ => State::ChunkData(left),
+                    };
+                    // hyper stops asking once the length is reached: the connection
+                    // goes back to the pool now, not when the body is dropped.
+                    if matches!(self.state, State::Length(0)) {
+                        self.finish();
+                    }
+                    return Ok(Some(d));
+                }
+                State::Length(rem) | State::ChunkData(rem) => {
+                    let want = usize::try_from(rem).unwrap_or(READ_MAX);
+                    if self.fill(cx, want)? == 0 {
+                        return Err(Pend::Err(bad("the upstream closed before the end")));
+                    }
+                }
+                State::Eof => {
+                    if !self.buf.is_empty() {
+                        return Ok(Some(self.buf.split().freeze()));
+                    }
+                    if self.fill(cx, READ_MAX)? == 0 {
+                        self.state = State::Done;
+                        self.conn = None;
+                        return Ok(None);
+                    }
+                }
+                State::ChunkSize => match self.take_line()? {
+                    Some(line) => {
+                        let size = line[..]
+                            .split(|&b| b == b';')
+                            .next()
+                            .map(|s| s.trim_ascii())
+                            .filter(|s| !s.is_empty() && s.len() <= 16)
+                            .and_then(|s| std::str::from_utf8(s).ok())
+                            .and_then(|s| u64::from_str_radix(s, 16).ok())
+                            .ok_or_else(|| bad("bad chunk size"))?;
+                        self.state = if size == 0 {
+                            State::Trailers(0)
+                        } else {
+                            State::ChunkData(size)
+                        };
+                    }
+                    None => self.fill_or_fail(cx, "the upstream closed inside a chunk")?,
+                },
+                State::ChunkEnd => {
+                    if self.buf.len() >= 2 {
+                        if &self.buf[..2] != b"\r\n" {
+                            return Err(Pend::Err(bad("no CRLF after a chunk")));
+                        }
+                        let _ = self.buf.split_to(2);
+                        self.state = State::ChunkSize;
+                    } else {
+                        self.fill_or_fail(cx, "the upstream closed inside a chunk")?;
+                    }
+                }
+                State::Trailers(seen) => match self.take_line()? {
+                    Some(line) if line.is_empty() => {
+                        self.finish();
+                        return Ok(None);
+                    }
+                    Some(line) => {
+                        let seen = seen + line.len() + 2;
+                        if seen > MAX_TRAILERS {
+                            return Err(Pend::Err(bad("trailers too large")));
+                        }
+                        self.state = State::Trailers(seen);
+                    }
+                    None => self.fill_or_fail(cx, "the upstream closed inside the trailers")?,
+                },
+            }
+        }
+    }
+}
+
+/// A step that did not produce data: waiting for the socket, or failed.
+enum Pend {
+    Pending,
+    Err(io::Error),
+}
+
+impl From<io::Error> for Pend {
+    fn from(e: io::Error) -> Self {
+        Pend::Err(e)
+    }
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        match this.step(cx) {
+            Ok(Some(d)) => Poll::Ready(Some(Ok(Frame::data(d)))),
+            Ok(None) => Poll::Ready(None),
+            Err(Pend::Pending) => Poll::Pending,
+            Err(Pend::Err(e)) => {
+                // A broken body: the connection cannot be used again.
+                this.state = State::Done;
+                this.conn = None;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done | State::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}

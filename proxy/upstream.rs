@@ -1,0 +1,536 @@
+//! The proxy's HTTP/1.1 client to origin servers: a pool of kept-alive upstream
+//! connections, the request written in origin-form, and the response head read and
+//! checked (RFC 9112). The response body is read by `upbody::UpBody` in the task that
+//! serves the client, straight from the upstream socket into one bounded buffer: no
+//! connection task, no channel and no buffer that grows with the body, so a request
+//! costs little CPU and a connection little memory.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::upbody::{Framing, UpBody};
+
+/// Idle upstream connections kept per origin address.
+const MAX_IDLE_PER_ADDR: usize = 256;
+/// An idle upstream connection is closed after this long.
+const IDLE_FOR: Duration = Duration::from_secs(30);
+/// A response head larger than this is refused (502).
+const MAX_HEAD: usize = 64 * 1024;
+/// Headers in a response head, at most.
+const MAX_HEADERS: usize = 128;
+/// The first read of a response: most heads, and small bodies with them, fit.
+pub const FIRST_READ: usize = 8 * 1024;
+
+/// Why an upstream exchange failed, before any of the response reached the client.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// The TCP connection could not be made.
+    #[error("{0}")]
+    Connect(io::Error),
+    /// The TCP connection was not made within the connect timeout.
+    #[error("connecting timed out")]
+    ConnectTimeout,
+    /// Writing the request or reading the response head failed.
+    #[error("{0}")]
+    Io(io::Error),
+    /// The request body from the client failed.
+    #[error("the client's request body failed: {0}")]
+    ClientBody(String),
+    /// The connection closed before a response head.
+    #[error("the connection closed before a response")]
+    Closed,
+    /// The response is not valid HTTP/1.x.
+    #[error("invalid response: {0}")]
+    Invalid(String),
+}
+
+/// A response head from upstream.
+pub struct Head {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its version (HTTP/1.0 or 1.1).
+    pub version: Version,
+    /// Its headers, as sent.
+    pub headers: HeaderMap,
+}
+
+/// The request to send: head fields already rewritten by the proxy.
+pub struct Outgoing<'a> {
+    /// Method.
+    pub method: &'a Method,
+    /// Origin-form target (`/path?query`).
+    pub target: &'a str,
+    /// Headers to send (hop-by-hop already removed).
+    pub headers: &'a HeaderMap,
+}
+
+/// Idle connections by origin address.
+type IdleMap = HashMap<SocketAddr, Vec<(TcpStream, Instant)>>;
+
+/// The pool of kept-alive upstream connections.
+pub struct Upstream {
+    /// Idle connections, the most recently used last.
+    idle: Mutex<IdleMap>,
+}
+
+/// A checked-out upstream connection.
+pub struct Conn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Where it goes.
+    addr: SocketAddr,
+    /// Taken from the pool (so it may have been closed by the peer meanwhile).
+    reused: bool,
+    /// Where it goes back when its response is done.
+    pool: Arc<Upstream>,
+}
+
+impl Conn {
+    /// Back to the pool, for the next request to the same origin.
+    pub fn release(self) {
+        self.pool.put(self.addr, self.stream);
+    }
+}
+
+impl Upstream {
+    /// A pool, with a task that closes connections idle for longer than 30 s (and so
+    /// frees their sockets) even when no request comes. Needs a Tokio runtime.
+    pub fn new() -> Arc<Upstream> {
+        let pool = Arc::new(Upstream {
+            idle: Mutex::new(HashMap::new()),
+        });
+        let weak: Weak<Upstream> = Arc::downgrade(&pool);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = weak.upgrade() else { return };
+                pool.sweep();
+            }
+        });
+        pool
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleMap> {
+        // A panic while holding the lock leaves a map that is still valid.
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Close the connections idle for too long.
+    fn sweep(&self) {
+        let stale: Vec<TcpStream> = {
+            let mut idle = self.lock();
+            let mut out = Vec::new();
+            idle.retain(|_, v| {
+                let (keep, drop): (Vec<_>, Vec<_>) =
+                    v.drain(..).partition(|(_, t)| t.elapsed() < IDLE_FOR);
+                *v = keep;
+                out.extend(drop.into_iter().map(|(s, _)| s));
+                !v.is_empty()
+            });
+            if idle.is_empty() {
+                idle.shrink_to_fit();
+            }
+            out
+        };
+        drop(stale);
+    }
+
+    fn put(&self, addr: SocketAddr, stream: TcpStream) {
+        let mut idle = self.lock();
+        let v = idle.entry(addr).or_default();
+        if v.len() < MAX_IDLE_PER_ADDR {
+            v.push((stream, Instant::now()));
+        }
+    }
+
+    fn take(&self, addr: SocketAddr) -> Option<TcpStream> {
+        let mut idle = self.lock();
+        let v = idle.get_mut(&addr)?;
+        while let Some((s, since)) = v.pop() {
+            if since.elapsed() < IDLE_FOR {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    async fn connect(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        fresh: bool,
+        timeout: Duration,
+    ) -> Result<Conn, UpError> {
+        if !fresh {
+            if let Some(stream) = self.take(addr) {
+                return Ok(Conn {
+                    stream,
+                    addr,
+                    reused: true,
+                    pool: self.clone(),
+                });
+            }
+        }
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| UpError::ConnectTimeout)?
+            .map_err(UpError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        Ok(Conn {
+            stream,
+            addr,
+            reused: false,
+            pool: self.clone(),
+        })
+    }
+
+    /// Send `req` (with `body`) to `addr` and read the response head. A kept-alive
+    /// connection that turns out to be closed is replaced once by a new one when the
+    /// request had no body (nothing of it can have been used).
+    ///
+    /// # Errors
+    /// See [`UpError`].
+    pub async fn send<B>(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        req: Outgoing<'_>,
+        body: B,
+        connect_timeout: Duration,
+    ) -> Result<(Head, UpBody), UpError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let no_body = body.is_end_stream();
+        let length = body.size_hint().exact();
+        let chunked = !no_body && length.is_none();
+        let head = request_head(&req, chunked);
+        let mut body = Some(body);
+        let mut fresh = false;
+        loop {
+            let mut conn = self.connect(addr, fresh, connect_timeout).await?;
+            let retry_ok = conn.reused && no_body;
+            let sent = async {
+                conn.stream.write_all(&head).await.map_err(UpError::Io)?;
+                if let Some(b) = body.take().filter(|_| !no_body) {
+                    write_body(&mut conn.stream, b, chunked).await?;
+                }
+                Ok::<(), UpError>(())
+            }
+            .await;
+            let r = match sent {
+                Ok(()) => read_head(&mut conn.stream, req.method == Method::HEAD).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok((head, buf, framing)) => {
+                    return Ok((head, UpBody::new(conn, buf, framing)));
+                }
+                Err(e) if retry_ok && stale(&e) => {
+                    fresh = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Whether `e` is what a kept-alive connection closed by the peer looks like.
+fn stale(e: &UpError) -> bool {
+    match e {
+        UpError::Closed => true,
+        UpError::Io(e) => matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionAborted
+        ),
+        _ => false,
+    }
+}
+
+/// `METHOD target HTTP/1.1`, the headers, and the framing of the body.
+fn request_head(req: &Outgoing<'_>, chunked: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + req.headers.len() * 32);
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// The client's body, as it came (Content-Length) or chunked.
+async fn write_body<B>(stream: &mut TcpStream, mut body: B, chunked: bool) -> Result<(), UpError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| UpError::ClientBody(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers are not forwarded
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            let size = format!("{:x}\r\n", data.len());
+            stream
+                .write_all(size.as_bytes())
+                .await
+                .map_err(UpError::Io)?;
+            stream.write_all(&data).await.map_err(UpError::Io)?;
+            stream.write_all(b"\r\n").await.map_err(UpError::Io)?;
+        } else {
+            stream.write_all(&data).await.map_err(UpError::Io)?;
+        }
+    }
+    if chunked {
+        stream.write_all(b"0\r\n\r\n").await.map_err(UpError::Io)?;
+    }
+    Ok(())
+}
+
+/// Read from `stream` into `buf` (at least `room` bytes of space); 0 at the end.
+pub async fn read_some(stream: &TcpStream, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
+    buf.reserve(room);
+    loop {
+        stream.readable().await?;
+        match stream.try_read_buf(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Read and parse the response head (skipping 1xx interim responses); returns the head,
+/// the bytes read past it, and how the body is framed.
+async fn read_head(
+    stream: &mut TcpStream,
+    head_req: bool,
+) -> Result<(Head, BytesMut, Framing), UpError> {
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
+    loop {
+        if let Some((head, len)) = parse_head(&buf)? {
+            let _ = buf.split_to(len);
+            if head.status.is_informational() {
+                if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(UpError::Invalid(
+                        "101 Switching Protocols to a request without Upgrade".into(),
+                    ));
+                }
+                continue;
+            }
+            let framing = framing(&head, head_req)?;
+            return Ok((head, buf, framing));
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err(UpError::Invalid(format!(
+                "response head larger than {} KiB",
+                MAX_HEAD / 1024
+            )));
+        }
+        let room = FIRST_READ.max(buf.len());
+        let n = read_some(stream, &mut buf, room)
+            .await
+            .map_err(UpError::Io)?;
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                UpError::Closed
+            } else {
+                UpError::Invalid("the connection closed inside the response head".into())
+            });
+        }
+    }
+}
+
+/// A complete head at the start of `buf` and its length, or None when more is needed.
+fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, UpError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(UpError::Invalid(e.to_string())),
+    };
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| UpError::Invalid("bad status code".into()))?;
+    let version = if resp.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| UpError::Invalid(format!("bad header name {:?}", h.name)))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| UpError::Invalid(format!("bad value for header {}", h.name)))?;
+        headers.append(name, value);
+    }
+    Ok(Some((
+        Head {
+            status,
+            version,
+            headers,
+        },
+        len,
+    )))
+}
+
+/// How the response body is delimited (RFC 9112 6.3), and whether the connection can
+/// carry another request afterwards.
+fn framing(head: &Head, head_req: bool) -> Result<Framing, UpError> {
+    let h = &head.headers;
+    let tokens = |name: http::header::HeaderName| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+    };
+    let conn = tokens(http::header::CONNECTION);
+    let mut keep = if head.version == Version::HTTP_10 {
+        conn.iter().any(|t| t == "keep-alive")
+    } else {
+        !conn.iter().any(|t| t == "close")
+    };
+    let status = head.status.as_u16();
+    if head_req || status == 204 || status == 304 {
+        return Ok(Framing::Length(0, keep));
+    }
+    let te = tokens(http::header::TRANSFER_ENCODING);
+    if !te.is_empty() {
+        // With Content-Length as well, the response is suspect: read it as chunked and
+        // do not reuse the connection.
+        if h.contains_key(http::header::CONTENT_LENGTH) {
+            keep = false;
+        }
+        return Ok(if te.last().map(String::as_str) == Some("chunked") {
+            Framing::Chunked(keep)
+        } else {
+            Framing::Eof
+        });
+    }
+    let mut length: Option<u64> = None;
+    for v in h.get_all(http::header::CONTENT_LENGTH) {
+        for part in v.to_str().unwrap_or("x").split(',') {
+            let part = part.trim();
+            let n = if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+                part.parse::<u64>().ok()
+            } else {
+                None
+            };
+            let n = n.ok_or_else(|| UpError::Invalid(format!("bad Content-Length {part:?}")))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(UpError::Invalid("two different Content-Lengths".into()));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => Framing::Length(n, keep),
+        None => Framing::Eof,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Head {
+        match parse_head(text.as_bytes()) {
+            Ok(Some((h, len))) => {
+                assert_eq!(len, text.len());
+                h
+            }
+            other => panic!("not a head: {:?}", other.map(|o| o.map(|h| h.1))),
+        }
+    }
+
+    #[test]
+    fn heads_parse_and_frame() {
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\n");
+        assert_eq!(h.status, StatusCode::OK);
+        assert!(matches!(framing(&h, false), Ok(Framing::Length(5, true))));
+        assert!(matches!(framing(&h, true), Ok(Framing::Length(0, true))));
+        let h = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n",
+        );
+        assert!(matches!(framing(&h, false), Ok(Framing::Chunked(false))));
+        let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
+        assert!(matches!(framing(&h, false), Ok(Framing::Chunked(false))));
+        let h = head("HTTP/1.0 200 OK\r\n\r\n");
+        assert!(matches!(framing(&h, false), Ok(Framing::Eof)));
+        let h = head("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n");
+        assert!(matches!(framing(&h, false), Ok(Framing::Length(0, true))));
+        let h = head("HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n");
+        assert!(matches!(framing(&h, false), Ok(Framing::Length(0, true))));
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
+        assert!(framing(&h, false).is_err());
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n");
+        assert!(matches!(framing(&h, false), Ok(Framing::Length(5, true))));
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n");
+        assert!(framing(&h, false).is_err());
+    }
+
+    #[test]
+    fn partial_and_bad_heads() {
+        assert!(matches!(
+            parse_head(b"HTTP/1.1 200 OK\r\nA: b\r\n"),
+            Ok(None)
+        ));
+        assert!(parse_head(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+        assert!(parse_head(b"HTTP/1.1 2000 OK\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn request_heads_are_origin_form() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("example.com"));
+        let out = request_head(
+            &Outgoing {
+                method: &Method::POST,
+                target: "/a?b=c",
+                headers: &h,
+            },
+            true,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "POST /a?b=c HTTP/1.1\r\nhost: example.com\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+}

@@ -1,0 +1,352 @@
+//! The proxy's upstream side end to end: a standalone `ssqd`, real curl, and scripted
+//! in-process origins that answer each path in a different way. What the proxy's own
+//! HTTP/1.1 client must get right: bodies in every framing (Content-Length, chunked
+//! with extensions and trailers, delimited by close) pass intact; request bodies (sized
+//! and chunked) reach the origin intact; upstream connections are reused, and one the
+//! origin closed while it sat in the pool is replaced without the client noticing; an
+//! origin that stops mid-body cuts the client off rather than passing a short body as
+//! whole; a silent origin gets 504, a garbled one 502.
+
+mod util;
+
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use util::*;
+
+/// A body of `n` bytes that shows where a byte went missing or moved.
+fn pattern(n: usize) -> String {
+    (0..n)
+        .map(|i| char::from(b'a' + u8::try_from(i % 26).unwrap_or(0)))
+        .collect()
+}
+
+/// Requests an origin received: (head, body).
+type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// An origin that answers by path (see `answer`), counting the connections it accepts
+/// and keeping each request's head and body.
+struct Script {
+    addr: SocketAddr,
+    conns: Arc<AtomicUsize>,
+    seen: Seen,
+}
+
+impl Script {
+    fn start() -> Script {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+        let addr = l.local_addr().expect("origin address");
+        let conns = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (c, s) = (conns.clone(), seen.clone());
+        std::thread::spawn(move || {
+            for stream in l.incoming() {
+                let Ok(stream) = stream else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                let s = s.clone();
+                std::thread::spawn(move || serve(stream, &s));
+            }
+        });
+        Script { addr, conns, seen }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn conns(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+
+    /// The head and body of the last request for `path`.
+    fn last(&self, path: &str) -> Option<(String, Vec<u8>)> {
+        let line = format!(" {path} ");
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(h, _)| h.lines().next().is_some_and(|l| l.contains(&line)))
+            .cloned()
+    }
+}
+
+fn serve(stream: TcpStream, seen: &Mutex<Vec<(String, Vec<u8>)>>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(mut w) = stream.try_clone() else {
+        return;
+    };
+    let mut r = BufReader::new(stream);
+    while let Some((head, body)) = read_http_request(&mut r) {
+        let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+        seen.lock().unwrap().push((head, body.clone()));
+        if !answer(&path, &body, &mut w) {
+            return;
+        }
+    }
+}
+
+/// Write the answer for `path`; whether to keep the connection open.
+fn answer(path: &str, body: &[u8], w: &mut TcpStream) -> bool {
+    let ok = |w: &mut TcpStream, bytes: &[u8]| w.write_all(bytes).is_ok();
+    match path {
+        // Chunked, with a chunk extension, a chunk larger than the proxy's buffer and
+        // a trailer.
+        "/chunked" => {
+            let big = pattern(70_000);
+            let text = format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 5;name=value\r\nhello\r\n1\r\n \r\n{:x}\r\n{big}\r\n0\r\nX-Trailer: t\r\n\r\n",
+                big.len()
+            );
+            ok(w, text.as_bytes())
+        }
+        // HTTP/1.0, no length: the body ends when the connection closes.
+        "/eof" => {
+            let text = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n{}",
+                pattern(150_000)
+            );
+            let _ = ok(w, text.as_bytes());
+            false
+        }
+        "/big" => {
+            let b = pattern(300_000);
+            ok(
+                w,
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{b}", b.len()).as_bytes(),
+            )
+        }
+        "/echo" => {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            ok(w, head.as_bytes()) && ok(w, body)
+        }
+        // Promises 100,000 bytes, sends 1,000, closes.
+        "/cut" => {
+            let text = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{}",
+                pattern(1000)
+            );
+            let _ = ok(w, text.as_bytes());
+            false
+        }
+        // Answers as if keeping the connection, then closes it (an origin's keep-alive
+        // timeout racing the proxy's next request).
+        "/quit" => {
+            let _ = ok(w, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nquit");
+            false
+        }
+        "/silent" => {
+            std::thread::sleep(Duration::from_secs(8));
+            false
+        }
+        "/garbage" => {
+            let _ = ok(w, b"SSH-2.0-OpenSSH_9.2\r\n\r\n");
+            false
+        }
+        _ => ok(w, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    }
+}
+
+/// A standalone node with `policy`, and its proxy URL for curl's `-x`.
+fn gateway(env: &Env, name: &str, policy: &str) -> (Node, String) {
+    let node = Node::start(env, name, &next_ip(), "");
+    let file = env.path().join(format!("{name}.policy.yaml"));
+    std::fs::write(&file, policy).expect("write the policy");
+    let out = env.ssq(&[
+        "policy",
+        "apply",
+        file.to_str().expect("utf-8 path"),
+        "--master",
+        &node.portal,
+    ]);
+    assert_ok(&out, "ssq policy apply");
+    let proxy = format!("http://{}", node.proxy.clone().expect("a proxy listener"));
+    (node, proxy)
+}
+
+#[test]
+fn bodies_in_every_framing_pass_intact() {
+    let env = Env::new();
+    let origin = Script::start();
+    let (_node, proxy) = gateway(&env, "up-framing", "rules: []\n");
+
+    let c = curl(env.path(), &["-x", &proxy, &origin.url("/chunked")]);
+    assert_eq!(c.code, 200, "{c:?}");
+    assert_eq!(
+        c.body,
+        format!("hello {}", pattern(70_000)),
+        "chunked body changed"
+    );
+    assert!(
+        !c.headers.to_ascii_lowercase().contains("x-trailer"),
+        "{c:?}"
+    );
+
+    let c = curl(env.path(), &["-x", &proxy, &origin.url("/eof")]);
+    assert_eq!(c.code, 200, "{c:?}");
+    assert_eq!(c.body.len(), 150_000, "close-delimited body length");
+    assert_eq!(c.body, pattern(150_000), "close-delimited body changed");
+
+    let c = curl(env.path(), &["-x", &proxy, &origin.url("/big")]);
+    assert_eq!(c.code, 200, "{c:?}");
+    assert!(
+        c.headers
+            .to_ascii_lowercase()
+            .contains("content-length: 300000"),
+        "the length is passed on: {c:?}"
+    );
+    assert_eq!(c.body, pattern(300_000), "sized body changed");
+}
+
+#[test]
+fn request_bodies_reach_the_origin_intact() {
+    let env = Env::new();
+    let origin = Script::start();
+    let (_node, proxy) = gateway(&env, "up-uploads", "rules: []\n");
+    let upload = env.path().join("upload.txt");
+    std::fs::write(&upload, pattern(200_000)).expect("write the upload");
+    let data = format!("@{}", upload.display());
+
+    let c = curl(
+        env.path(),
+        &["-x", &proxy, "--data-binary", &data, &origin.url("/echo")],
+    );
+    assert_eq!(c.code, 200, "{c:?}");
+    assert_eq!(
+        c.body,
+        pattern(200_000),
+        "a sized upload changed on the way"
+    );
+    let (head, _) = origin.last("/echo").expect("the origin saw the upload");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 200000"),
+        "{head}"
+    );
+
+    let c = curl(
+        env.path(),
+        &[
+            "-x",
+            &proxy,
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &data,
+            &origin.url("/echo"),
+        ],
+    );
+    assert_eq!(c.code, 200, "{c:?}");
+    assert_eq!(
+        c.body,
+        pattern(200_000),
+        "a chunked upload changed on the way"
+    );
+    let (head, body) = origin.last("/echo").expect("the origin saw the upload");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    assert_eq!(body.len(), 200_000);
+}
+
+#[test]
+fn upstream_connections_are_reused_and_a_closed_one_is_replaced() {
+    let env = Env::new();
+    let origin = Script::start();
+    let (node, proxy) = gateway(&env, "up-reuse", "rules: []\n");
+    // Five clients, one after the other, each on its own connection to the proxy.
+    for i in 0..5 {
+        let c = curl(env.path(), &["-x", &proxy, &origin.url(&format!("/n{i}"))]);
+        assert_eq!((c.code, c.body.as_str()), (200, "ok"), "{c:?}");
+    }
+    assert_eq!(origin.conns(), 1, "the upstream connection was not reused");
+    // The origin closes the pooled connection after this answer without saying so.
+    let c = curl(env.path(), &["-x", &proxy, &origin.url("/quit")]);
+    assert_eq!((c.code, c.body.as_str()), (200, "quit"), "{c:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    let c = curl(env.path(), &["-x", &proxy, &origin.url("/after-quit")]);
+    assert_eq!(
+        (c.code, c.body.as_str()),
+        (200, "ok"),
+        "a request on a pooled connection the origin had closed failed: {c:?}"
+    );
+    assert_eq!(
+        origin.conns(),
+        2,
+        "the closed connection was replaced by one new one"
+    );
+    // Every request has its record.
+    let access = std::fs::read_to_string(node.files.log.join("access.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut lines = access.lines().count();
+    while lines < 7 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        lines = std::fs::read_to_string(node.files.log.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .count();
+    }
+    assert_eq!(lines, 7, "one access.log line per request");
+}
+
+#[test]
+fn an_origin_that_stops_mid_body_cuts_the_client_off() {
+    let env = Env::new();
+    let origin = Script::start();
+    let (node, proxy) = gateway(&env, "up-cut", "rules: []\n");
+    let c = curl(env.path(), &["-x", &proxy, &origin.url("/cut")]);
+    // curl: 18 "transfer closed with outstanding read data remaining", or 52/56 when
+    // the connection closed before the head was flushed: either way, a failure.
+    assert!(
+        matches!(c.out.status.code(), Some(18 | 52 | 56)),
+        "a short body was passed as whole: {c:?}"
+    );
+    assert!(c.body.len() < 100_000, "{c:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let access = std::fs::read_to_string(node.files.log.join("access.log")).unwrap_or_default();
+        if access.lines().any(|l| l.contains("/cut")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no record for the cut request:\n{access}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The broken connection is not reused: the next request works.
+    let c = curl(env.path(), &["-x", &proxy, &origin.url("/next")]);
+    assert_eq!((c.code, c.body.as_str()), (200, "ok"), "{c:?}");
+}
+
+#[test]
+fn a_silent_origin_gets_504_and_a_garbled_one_502() {
+    let env = Env::new();
+    let origin = Script::start();
+    let (_node, proxy) = gateway(
+        &env,
+        "up-bad",
+        "rules: []\nlimits: { upstream_connect_timeout: 1s, idle_timeout: 1s }\n",
+    );
+    let t = Instant::now();
+    let c = curl(env.path(), &["-x", &proxy, &origin.url("/silent")]);
+    assert_eq!(c.code, 504, "{c:?}");
+    assert!(c.body.contains("did not answer"), "{c:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "the 504 took {:?}",
+        t.elapsed()
+    );
+
+    let c = curl(env.path(), &["-x", &proxy, &origin.url("/garbage")]);
+    assert_eq!(c.code, 502, "{c:?}");
+    assert!(
+        c.body.contains("invalid response"),
+        "the 502 gives no reason: {c:?}"
+    );
+}
