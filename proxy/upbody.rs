@@ -4,9 +4,10 @@
 //! body streams through a few tens of KiB. When the body ends cleanly on a connection
 //! that may be kept alive, the connection goes back to the pool.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
@@ -100,18 +101,15 @@ impl UpBody {
 
     /// Read more into the buffer; Ok(0) at the upstream's end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        let Some(conn) = &self.conn else {
+        let UpBody { conn, buf, .. } = self;
+        let Some(conn) = conn else {
             return Poll::Ready(Ok(0));
         };
-        self.buf.reserve(want.clamp(1024, READ_MAX));
-        loop {
-            ready!(conn.stream.poll_read_ready(cx))?;
-            match conn.stream.try_read_buf(&mut self.buf) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        buf.reserve(want.clamp(1024, READ_MAX));
+        // Through `poll_read`, which knows a short read drained the socket: the next
+        // read waits for the socket instead of trying it first.
+        let read = tokio::io::AsyncReadExt::read_buf(&mut conn.stream, buf);
+        std::pin::pin!(read).poll(cx)
     }
 
     /// A line (without its CRLF) at the start of the buffer, consumed; None if incomplete.

@@ -16,7 +16,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::upbody::{Framing, UpBody};
@@ -316,16 +316,11 @@ where
 }
 
 /// Read from `stream` into `buf` (at least `room` bytes of space); 0 at the end.
-pub async fn read_some(stream: &TcpStream, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
+async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
     buf.reserve(room);
-    loop {
-        stream.readable().await?;
-        match stream.try_read_buf(buf) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    // `poll_read` underneath: a short read marks the socket drained, so the next read
+    // waits for it rather than trying it first.
+    stream.read_buf(buf).await
 }
 
 /// Read and parse the response head (skipping 1xx interim responses); returns the head,
