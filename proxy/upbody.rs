@@ -90,9 +90,10 @@ impl UpBody {
     /// The body ended cleanly: the connection goes back to the pool if it can.
     fn finish(&mut self) {
         self.state = State::Done;
-        if let Some(conn) = self.conn.take() {
+        if let Some(mut conn) = self.conn.take() {
             // Bytes past the end mean the upstream said more than it framed.
             if self.keep && self.buf.is_empty() {
+                conn.buf = std::mem::take(&mut self.buf);
                 conn.release();
             }
         }

@@ -75,8 +75,12 @@ pub struct Outgoing<'a> {
     pub headers: &'a HeaderMap,
 }
 
+/// An idle connection: its socket, its read buffer (kept so the next response on it
+/// needs no new allocation), and since when it is idle.
+type Idle = (TcpStream, BytesMut, Instant);
+
 /// Idle connections by origin address.
-type IdleMap = HashMap<SocketAddr, Vec<(TcpStream, Instant)>>;
+type IdleMap = HashMap<SocketAddr, Vec<Idle>>;
 
 /// The pool of kept-alive upstream connections.
 pub struct Upstream {
@@ -88,6 +92,8 @@ pub struct Upstream {
 pub struct Conn {
     /// The socket.
     pub stream: TcpStream,
+    /// Its read buffer, between responses.
+    pub buf: BytesMut,
     /// Where it goes.
     addr: SocketAddr,
     /// Taken from the pool (so it may have been closed by the peer meanwhile).
@@ -99,7 +105,7 @@ pub struct Conn {
 impl Conn {
     /// Back to the pool, for the next request to the same origin.
     pub fn release(self) {
-        self.pool.put(self.addr, self.stream);
+        self.pool.put(self.addr, self.stream, self.buf);
     }
 }
 
@@ -137,9 +143,9 @@ impl Upstream {
             let mut out = Vec::new();
             idle.retain(|_, v| {
                 let (keep, drop): (Vec<_>, Vec<_>) =
-                    v.drain(..).partition(|(_, t)| t.elapsed() < IDLE_FOR);
+                    v.drain(..).partition(|(_, _, t)| t.elapsed() < IDLE_FOR);
                 *v = keep;
-                out.extend(drop.into_iter().map(|(s, _)| s));
+                out.extend(drop.into_iter().map(|(s, _, _)| s));
                 !v.is_empty()
             });
             if idle.is_empty() {
@@ -150,20 +156,25 @@ impl Upstream {
         drop(stale);
     }
 
-    fn put(&self, addr: SocketAddr, stream: TcpStream) {
+    fn put(&self, addr: SocketAddr, stream: TcpStream, mut buf: BytesMut) {
+        // A buffer grown for a large body is not kept while idle.
+        if buf.capacity() > 2 * FIRST_READ {
+            buf = BytesMut::new();
+        }
+        buf.clear();
         let mut idle = self.lock();
         let v = idle.entry(addr).or_default();
         if v.len() < MAX_IDLE_PER_ADDR {
-            v.push((stream, Instant::now()));
+            v.push((stream, buf, Instant::now()));
         }
     }
 
-    fn take(&self, addr: SocketAddr) -> Option<TcpStream> {
+    fn take(&self, addr: SocketAddr) -> Option<(TcpStream, BytesMut)> {
         let mut idle = self.lock();
         let v = idle.get_mut(&addr)?;
-        while let Some((s, since)) = v.pop() {
+        while let Some((s, buf, since)) = v.pop() {
             if since.elapsed() < IDLE_FOR {
-                return Some(s);
+                return Some((s, buf));
             }
         }
         None
@@ -176,9 +187,10 @@ impl Upstream {
         timeout: Duration,
     ) -> Result<Conn, UpError> {
         if !fresh {
-            if let Some(stream) = self.take(addr) {
+            if let Some((stream, buf)) = self.take(addr) {
                 return Ok(Conn {
                     stream,
+                    buf,
                     addr,
                     reused: true,
                     pool: self.clone(),
@@ -192,6 +204,7 @@ impl Upstream {
         let _ = stream.set_nodelay(true);
         Ok(Conn {
             stream,
+            buf: BytesMut::new(),
             addr,
             reused: false,
             pool: self.clone(),
@@ -233,7 +246,10 @@ impl Upstream {
             }
             .await;
             let r = match sent {
-                Ok(()) => read_head(&mut conn.stream, req.method == Method::HEAD).await,
+                Ok(()) => {
+                    let buf = std::mem::take(&mut conn.buf);
+                    read_head(&mut conn.stream, buf, req.method == Method::HEAD).await
+                }
                 Err(e) => Err(e),
             };
             match r {
@@ -323,16 +339,18 @@ async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, room: usize) -> i
     stream.read_buf(buf).await
 }
 
-/// Read and parse the response head (skipping 1xx interim responses); returns the head,
-/// the bytes read past it, and how the body is framed.
+/// Read and parse the response head (skipping 1xx interim responses) into `buf`;
+/// returns the head, the bytes read past it, and how the body is framed.
 async fn read_head(
     stream: &mut TcpStream,
+    mut buf: BytesMut,
     head_req: bool,
 ) -> Result<(Head, BytesMut, Framing), UpError> {
-    let mut buf = BytesMut::with_capacity(FIRST_READ);
+    buf.clear();
     loop {
-        if let Some((head, len)) = parse_head(&buf)? {
-            let _ = buf.split_to(len);
+        if let Some(len) = head_len(&buf)? {
+            let bytes = buf.split_to(len).freeze();
+            let head = parse_head(&bytes)?;
             if head.status.is_informational() {
                 if head.status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(UpError::Invalid(
@@ -364,18 +382,26 @@ async fn read_head(
     }
 }
 
-/// A complete head at the start of `buf` and its length, or None when more is needed.
-fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, UpError> {
+/// The length of a complete head at the start of `buf`, or None when more is needed.
+fn head_len(buf: &[u8]) -> Result<Option<usize>, UpError> {
     if buf.is_empty() {
         return Ok(None);
     }
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::Response::new(&mut slots).parse(buf) {
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(UpError::Invalid(e.to_string())),
+    }
+}
+
+/// A complete head; its header values are slices of `bytes`, not copies.
+fn parse_head(bytes: &Bytes) -> Result<Head, UpError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(UpError::Invalid(e.to_string())),
-    };
+    if !matches!(resp.parse(bytes), Ok(httparse::Status::Complete(_))) {
+        return Err(UpError::Invalid("incomplete response head".into()));
+    }
     let status = resp
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
@@ -389,18 +415,15 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, UpError> {
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| UpError::Invalid(format!("bad header name {:?}", h.name)))?;
-        let value = HeaderValue::from_bytes(h.value)
+        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value))
             .map_err(|_| UpError::Invalid(format!("bad value for header {}", h.name)))?;
         headers.append(name, value);
     }
-    Ok(Some((
-        Head {
-            status,
-            version,
-            headers,
-        },
-        len,
-    )))
+    Ok(Head {
+        status,
+        version,
+        headers,
+    })
 }
 
 /// How the response body is delimited (RFC 9112 6.3), and whether the connection can
@@ -466,12 +489,10 @@ mod tests {
     use super::*;
 
     fn head(text: &str) -> Head {
-        match parse_head(text.as_bytes()) {
-            Ok(Some((h, len))) => {
-                assert_eq!(len, text.len());
-                h
-            }
-            other => panic!("not a head: {:?}", other.map(|o| o.map(|h| h.1))),
+        assert_eq!(head_len(text.as_bytes()).ok().flatten(), Some(text.len()));
+        match parse_head(&Bytes::copy_from_slice(text.as_bytes())) {
+            Ok(h) => h,
+            Err(e) => panic!("not a head: {e}"),
         }
     }
 
@@ -503,12 +524,9 @@ mod tests {
 
     #[test]
     fn partial_and_bad_heads() {
-        assert!(matches!(
-            parse_head(b"HTTP/1.1 200 OK\r\nA: b\r\n"),
-            Ok(None)
-        ));
-        assert!(parse_head(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
-        assert!(parse_head(b"HTTP/1.1 2000 OK\r\n\r\n").is_err());
+        assert!(matches!(head_len(b"HTTP/1.1 200 OK\r\nA: b\r\n"), Ok(None)));
+        assert!(head_len(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+        assert!(head_len(b"HTTP/1.1 2000 OK\r\n\r\n").is_err());
     }
 
     #[test]
