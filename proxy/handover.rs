@@ -85,10 +85,20 @@ pub fn reexec(fds: &[(&str, &OwnedFd)]) -> std::io::Error {
         Ok(p) => p,
         Err(e) => return e,
     };
-    let err = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env(ENV, spec.join(","))
-        .exec();
+    // ETXTBSY: the new binary is still open for writing somewhere (an installer that
+    // has not closed it yet). Wait for it a little, up to 2 s.
+    let mut tries = 0;
+    let err = loop {
+        let err = std::process::Command::new(&exe)
+            .args(std::env::args_os().skip(1))
+            .env(ENV, spec.join(","))
+            .exec();
+        if err.raw_os_error() != Some(libc::ETXTBSY) || tries >= 100 {
+            break err;
+        }
+        tries += 1;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     for (_, fd) in fds {
         set_cloexec(fd, true);
     }

@@ -288,14 +288,26 @@ fn restart_after_the_binary_was_replaced() {
     std::fs::create_dir_all(&bin).unwrap();
     let exe = bin.join("ssqd");
     std::fs::copy(env!("CARGO_BIN_EXE_ssqd"), &exe).unwrap();
-    let mut child = std::process::Command::new(&exe)
-        .arg("--config")
-        .arg(&files.config)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // A process another test forks while the copy is open for writing holds that
+    // descriptor until it execs: exec then fails with ETXTBSY for a moment. Retry.
+    let mut tries = 0;
+    let mut child = loop {
+        match std::process::Command::new(&exe)
+            .arg("--config")
+            .arg(&files.config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(c) => break c,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("spawn {}: {e}", exe.display()),
+        }
+    };
     let addr = files.data.join("ssqd.addr");
     let ready: Value = eventually(Duration::from_secs(10), "ssqd.addr", || {
         std::fs::read_to_string(&addr)
