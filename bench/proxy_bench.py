@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Forward-proxy benchmark for ssqd (issue 4, "Must show" items 2 and 3).
 
-Runs nginx (origin, two static files of 1 KiB and 100 KiB), Squid (no cache) and ssqd
-(standalone node, policy applied) on loopback and measures with wrk, in one run:
+Runs nginx (origin, two static files of 1 KiB and 100 KiB), Squid (no cache), ssqd
+(standalone node, policy applied) and a second nginx as a reverse proxy in front of the
+origin (upstream keep-alive; the reference for what a mature C proxy costs here) on
+loopback and measures with wrk, in one run:
 
-  * target: direct to nginx, through ssqd, through Squid;
+  * target: direct to nginx, through ssqd, through Squid, through nginx-proxy;
   * body: 1 KiB and 100 KiB; connections: 64 and 256;
   * req/s, body MiB/s, p50/p99 latency (wrk), each proxy's CPU time per request
     (utime+stime from /proc over its whole process tree / requests wrk completed) and
@@ -51,6 +53,7 @@ NGINX_IP = "127.0.0.1"
 SQUID_IP = "127.0.0.1"
 SSQD_IP = "127.0.0.2"        # small policy
 SSQD_BIG_IP = "127.0.0.3"    # 100,000 domains + 100 regexes
+NGINX_PROXY_IP = "127.0.0.4" # nginx as a reverse proxy in front of the origin (reference)
 MB = 1_000_000               # the issue's "8 MB" / "32 MB" are read as 10^6 bytes (stricter than MiB)
 PORTAL_BODY_LIMIT = 1 << 20  # proxy/portal.rs MAX_BODY: an apply request larger than this gets 413
 
@@ -331,26 +334,44 @@ def raw_request(proxy: str, path: str, host: str, expect_size: int) -> dict:
 
 
 class Nginx:
-    def __init__(self, root: Path, procs: Procs, workers: str):
-        self.dir = root / "nginx"
+    """nginx with its own prefix and config. Without `origin`: the origin, serving the two
+    static files. With `origin` (the origin's Nginx): a reverse proxy in front of it, with
+    keep-alive connections to it (`nginx-proxy`, the reference for what a mature C proxy
+    costs on this machine); wrk's absolute-form requests are accepted as they are."""
+
+    def __init__(self, root: Path, procs: Procs, workers: str, name: str = "nginx", ip: str = NGINX_IP,
+                 origin: Nginx | None = None):
+        self.name = name
+        self.dir = root / name
         self.procs = procs
         self.workers = workers
-        self.port = free_port(NGINX_IP)
-        self.addr = f"{NGINX_IP}:{self.port}"
+        self.origin = origin
+        self.port = free_port(ip)
+        self.addr = f"{ip}:{self.port}"
 
     def start(self) -> None:
         d = self.dir
-        (d / "html").mkdir(parents=True)
-        (d / "tmp").mkdir()
-        rng = random.Random(4)
-        for name, size in BODIES.items():
-            (d / "html" / name).write_bytes(bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz0123456789")
-                                                  for _ in range(size)))
-        # Workers run as nobody: the document root must be readable.
-        for p in (d.parent, d, d / "html", d / "tmp"):
+        (d / "tmp").mkdir(parents=True)
+        if self.origin:
+            upstream = f"upstream origin {{ server {self.origin.addr}; keepalive 512; }}"
+            site = ("location / {\n"
+                    "            proxy_pass http://origin;\n"
+                    "            proxy_http_version 1.1;\n"
+                    "            proxy_set_header Connection \"\";\n"
+                    "        }")
+        else:
+            upstream = ""
+            (d / "html").mkdir()
+            rng = random.Random(4)
+            for name, size in BODIES.items():
+                (d / "html" / name).write_bytes(bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz0123456789")
+                                                      for _ in range(size)))
+            for p in (d / "html").iterdir():
+                p.chmod(0o644)
+            site = f"root {d}/html;\n        location / {{ }}"
+        # Workers run as nobody: the document root and the temp dirs must be reachable.
+        for p in (d.parent, d, d / "tmp", *([d / "html"] if not self.origin else [])):
             p.chmod(0o755)
-        for p in (d / "html").iterdir():
-            p.chmod(0o644)
         conf = d / "nginx.conf"
         conf.write_text(f"""
 worker_processes {self.workers};
@@ -373,19 +394,25 @@ http {{
     fastcgi_temp_path {d}/tmp/fastcgi;
     uwsgi_temp_path {d}/tmp/uwsgi;
     scgi_temp_path {d}/tmp/scgi;
+    {upstream}
     server {{
         listen {self.addr} backlog=4096;
-        root {d}/html;
-        location / {{ }}
+        {site}
     }}
 }}
 """)
-        self.proc = self.procs.spawn("nginx", [exe("nginx"), "-p", str(d), "-e", str(d / "error.log"),
-                                               "-c", str(conf)], d, stop_sig=signal.SIGQUIT)
-        wait_http(self.url("1k"), None, BODIES["1k"], 15, self.proc, "nginx", d / "error.log")
+        self.proc = self.procs.spawn(self.name, [exe("nginx"), "-p", str(d), "-e", str(d / "error.log"),
+                                                 "-c", str(conf)], d, stop_sig=signal.SIGQUIT)
+        probe, via = (self.origin.url("1k"), self.addr) if self.origin else (self.url("1k"), None)
+        wait_http(probe, via, BODIES["1k"], 15, self.proc, self.name, d / "error.log")
 
     def url(self, body: str) -> str:
         return f"http://{self.addr}/{body}"
+
+    def log_warnings(self) -> dict:
+        """Its error.log (level warn: e.g. a response buffered to a temp file)."""
+        lines = [l for l in read_tail(self.dir / "error.log", 1 << 20).splitlines() if l.strip()]
+        return {"lines": len(lines), "sample": lines[:5]}
 
 
 class Squid:
@@ -632,12 +659,20 @@ def run_wrk(url: str, script: Path, conns: int, threads: int, duration: float) -
 # ------------------------------------------------------------------------------------
 # The measurement
 
+# Keys of a summary cell holding the ratios of two targets (per-round a/b, median).
+RATIO_KEYS = {("ssqd", "squid"): "ssqd_vs_squid", ("ssqd", "nginx-proxy"): "ssqd_vs_nginx_proxy",
+              ("nginx-proxy", "squid"): "nginx_proxy_vs_squid"}
+
+
 class Bench:
-    def __init__(self, args, root: Path, nginx: Nginx, squid: Squid, ssqd: Ssqd, big: Ssqd | None):
+    def __init__(self, args, root: Path, nginx: Nginx, squid: Squid, ssqd: Ssqd, big: Ssqd | None,
+                 nginx_proxy: Nginx | None = None):
         self.args = args
         self.root = root
         self.nginx = nginx
         self.targets = {"direct": None, "ssqd": ssqd, "squid": squid}
+        if nginx_proxy:
+            self.targets["nginx-proxy"] = nginx_proxy
         if big:
             self.targets["ssqd_big"] = big
         self.runs: list[dict] = []
@@ -656,8 +691,8 @@ class Bench:
         return {t: o.proc.pid for t, o in self.targets.items() if o is not None}
 
     def ours(self) -> float:
-        """CPU seconds of every long-lived process started here (both ssqd, squid, nginx)
-        and of this script."""
+        """CPU seconds of every long-lived process started here (both ssqd, squid, both
+        nginx) and of this script."""
         pids = [o.proc.pid for o in self.targets.values() if o is not None] + [self.nginx.proc.pid]
         me = resource.getrusage(resource.RUSAGE_SELF)  # this script (the RSS sampler)
         return sum(cpu_seconds(p) for p in pids) + me.ru_utime + me.ru_stime
@@ -736,7 +771,7 @@ class Bench:
             # Everything the machine did during the run, in CPUs (2.0 = both cores busy).
             "machine_busy_cpus": (busy1 - busy0) / wall,
             "wrk_cpus": wrk_cpu / wall,
-            # The machine's busy CPUs less wrk, nginx, both ssqd and squid: other work.
+            # The machine's busy CPUs less wrk, nginx, both ssqd, squid, nginx-proxy: other work.
             "other_cpus": (busy1 - busy0 - wrk_cpu - (ours1 - ours0)) / wall,
             "loadavg_1m": load[0],
         }
@@ -749,10 +784,11 @@ class Bench:
 
     def measure(self) -> None:
         configs = [("1k", 64), ("1k", 256), ("100k", 64), ("100k", 256)]
-        base = ["direct", "ssqd", "squid"]
+        base = [t for t in ("direct", "ssqd", "squid", "nginx-proxy") if t in self.targets]
         for r in range(self.args.rounds):
             for body, conns in configs:
-                order = base[r % 3:] + base[:r % 3]  # rotate: A B C, B C A, C A B, ...
+                k = r % len(base)
+                order = base[k:] + base[:k]  # rotate: A B C, B C A, C A B, ...
                 if "ssqd_big" in self.targets:
                     # item 3: ssqd and ssqd_big next to each other, alternating which goes first;
                     # in every cell, so both nodes have the same history (allocator state)
@@ -760,7 +796,7 @@ class Bench:
                     order.insert(i + 1 if r % 2 == 0 else i, "ssqd_big")
                 for t in order:
                     row = self.one(t, body, conns, self.args.duration, r)
-                    log(f"round {r + 1}/{self.args.rounds} {body:>4}/{conns:<3} {t:8} "
+                    log(f"round {r + 1}/{self.args.rounds} {body:>4}/{conns:<3} {t:11} "
                         f"{row['req_s']:9.0f} req/s {row['body_mib_s']:8.1f} MiB/s "
                         f"p50 {row['p50_ms']:6.2f} p99 {row['p99_ms']:7.2f} ms"
                         + (f"  cpu {row['proxy_cpu_us_per_req']:6.1f} us/req rss {row['proxy_rss_peak'] / 2**20:6.1f} MiB"
@@ -781,6 +817,15 @@ class Bench:
         rb = {r["round"]: r[key] for r in self.cell(b, body, conns)}
         xs = [ra[k] / rb[k] for k in ra if k in rb and ra[k] is not None and rb[k]]
         return median(xs)
+
+    def ratios(self, a: str, b: str, body: str, conns: int) -> dict:
+        return {
+            "req_s": rnd(self.ratio(a, b, body, conns, "req_s")),
+            "body_mib_s": rnd(self.ratio(a, b, body, conns, "body_mib_s")),
+            "p50": rnd(self.ratio(a, b, body, conns, "p50_ms")),
+            "p99": rnd(self.ratio(a, b, body, conns, "p99_ms")),
+            "cpu_per_req": rnd(self.ratio(a, b, body, conns, "proxy_cpu_us_per_req")),
+        }
 
     def summary(self) -> dict:
         out = {}
@@ -813,14 +858,11 @@ class Bench:
                             "p99_vs_direct": rnd(self.ratio(t, "direct", body, conns, "p99_ms")),
                         })
                     cell[t] = c
-                if "ssqd" in cell and "squid" in cell:
-                    cell["ssqd_vs_squid"] = {
-                        "req_s": rnd(self.ratio("ssqd", "squid", body, conns, "req_s")),
-                        "body_mib_s": rnd(self.ratio("ssqd", "squid", body, conns, "body_mib_s")),
-                        "p50": rnd(self.ratio("ssqd", "squid", body, conns, "p50_ms")),
-                        "p99": rnd(self.ratio("ssqd", "squid", body, conns, "p99_ms")),
-                        "cpu_per_req": rnd(self.ratio("ssqd", "squid", body, conns, "proxy_cpu_us_per_req")),
-                    }
+                # ssqd/squid (the targets), then, for information, ssqd/nginx-proxy and
+                # nginx-proxy/squid: where a mature C proxy lands on this machine.
+                for (a, b), k in RATIO_KEYS.items():
+                    if a in cell and b in cell:
+                        cell[k] = self.ratios(a, b, body, conns)
                 out[key] = cell
         return out
 
@@ -878,6 +920,26 @@ def check_targets(s: dict, idle: dict, item3: dict | None) -> list[dict]:
     return out
 
 
+def reference_info(s: dict) -> list[dict]:
+    """Information, not targets: ssqd against nginx as a reverse proxy, and nginx-proxy's
+    CPU per request against Squid's (is "a quarter of Squid's CPU" reachable by nginx
+    itself on this machine?), at the targets' cell (1 KiB, 64 conns)."""
+    c = s.get("1k/64", {})
+    sn, ns = c.get("ssqd_vs_nginx_proxy"), c.get("nginx_proxy_vs_squid")
+    out = []
+    if sn:
+        out += [{"what": "ssqd req/s / nginx-proxy's (1 KiB, 64 conns)", "value": sn["req_s"], "unit": "x"},
+                {"what": "ssqd CPU/request / nginx-proxy's (1 KiB, 64 conns)", "value": sn["cpu_per_req"],
+                 "unit": "x"},
+                {"what": "ssqd p99 / nginx-proxy's (1 KiB, 64 conns)", "value": sn["p99"], "unit": "x"}]
+    if ns:
+        out += [{"what": "nginx-proxy CPU/request / Squid's (1 KiB, 64 conns; ssqd's target: <= 0.25)",
+                 "value": ns["cpu_per_req"], "unit": "x"},
+                {"what": "nginx-proxy req/s / Squid's (1 KiB, 64 conns; ssqd's target: >= 3)",
+                 "value": ns["req_s"], "unit": "x"}]
+    return out
+
+
 def print_report(report: dict, bench: Bench | None) -> None:
     m = report["machine"]
     print(f"\nssqd forward-proxy benchmark — {m['nproc']} CPUs ({m['cpu_model']}), commit {report['commit']}, "
@@ -886,23 +948,25 @@ def print_report(report: dict, bench: Bench | None) -> None:
     print(f"wrk -t{cfg.get('threads')} --latency, {cfg.get('duration_s')} s per run, {cfg.get('rounds')} rounds "
           f"interleaved; nginx worker_processes {cfg.get('nginx_workers')}; medians (ratios: median of per-round ratios)")
     s = report.get("summary") or {}
-    hdr = (f"{'body/conns':10} {'target':9} {'req/s':>8} {'MiB/s':>7} {'p50 ms':>7} {'p99 ms':>8} "
+    hdr = (f"{'body/conns':10} {'target':11} {'req/s':>8} {'MiB/s':>7} {'p50 ms':>7} {'p99 ms':>8} "
            f"{'x direct':>8} {'MiB x dir':>9} {'cpu us/req':>10} {'rss peak MiB':>12} {'errors':>6}")
     if s:
         print(hdr)
         for key, cell in s.items():
             for t, c in cell.items():
-                if t == "ssqd_vs_squid":
+                if t in RATIO_KEYS.values():
                     continue
-                print(f"{key:10} {t:9} {c['req_s']:8.0f} {c['body_mib_s']:7.1f} {c['p50_ms']:7.2f} {c['p99_ms']:8.2f} "
+                print(f"{key:10} {t:11} {c['req_s']:8.0f} {c['body_mib_s']:7.1f} {c['p50_ms']:7.2f} {c['p99_ms']:8.2f} "
                       f"{c.get('req_s_vs_direct') if c.get('req_s_vs_direct') is not None else '':>8} "
                       f"{c.get('mib_s_vs_direct') if c.get('mib_s_vs_direct') is not None else '':>9} "
                       f"{c.get('cpu_us_per_req') if c.get('cpu_us_per_req') is not None else '':>10} "
                       f"{c.get('rss_peak_mib') if c.get('rss_peak_mib') is not None else '':>12} {c['errors']:>6}")
-            v = cell.get("ssqd_vs_squid")
-            if v:
-                print(f"{key:10} {'ssqd/squid':9} req/s x{v['req_s']}  p50 x{v['p50']}  p99 x{v['p99']}  "
-                      f"cpu/req x{v['cpu_per_req']}")
+            for (a, b), k in RATIO_KEYS.items():
+                v = cell.get(k)
+                if v:
+                    label = f"{a}/{b}"
+                    print(f"{key:10} {label:11} req/s x{v['req_s']}  p50 x{v['p50']}  p99 x{v['p99']}  "
+                          f"cpu/req x{v['cpu_per_req']}")
     idle = report.get("rss_idle_mib", {})
     if idle:
         print("RSS idle (MiB, before any request): " + ", ".join(f"{k} {v}" for k, v in idle.items()))
@@ -922,6 +986,8 @@ def print_report(report: dict, bench: Bench | None) -> None:
         print(f"ssqd access.log: {al}")
     for t in report.get("targets", []):
         print(f"{t['result']:4}  {t['target']}: {t['value']} {t['unit']} (target {t['limit']})")
+    for t in report.get("reference", []):
+        print(f"info  {t['what']}: {t['value']} {t['unit']} (information, not a target)")
     if report.get("error"):
         print(f"FAILED: {report['error']}")
 
@@ -939,6 +1005,8 @@ def main() -> int:
                     help="longest wait for other work to end before a repeat, seconds (default 300)")
     ap.add_argument("--nginx-workers", default="1", help="nginx worker_processes (default 1; 'auto' = one per CPU)")
     ap.add_argument("--no-big", action="store_true", help="skip item 3 (the 100,000-domain policy)")
+    ap.add_argument("--no-nginx-proxy", action="store_true",
+                    help="skip the reference target nginx-proxy (nginx as a reverse proxy to the origin)")
     ap.add_argument("--settle", type=float, default=75,
                     help="after the last run, wait this many seconds and read each proxy's RSS again (0: skip)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 round of 2 s, 1 s warm-up")
@@ -967,6 +1035,7 @@ def main() -> int:
                     "config": {"rounds": args.rounds, "duration_s": args.duration, "threads": args.threads,
                                "max_other_cpus": args.max_other_cpus,
                                "warmup_s": args.warmup, "nginx_workers": args.nginx_workers,
+                               "nginx_proxy": not args.no_nginx_proxy,
                                "rss_sample_period_s": 0.2, "wrk_timeout_s": 10, "settle_s": args.settle}}
     target = ROOT / "target" / ("bench" if args.git_rev else "")
     bin_dir = target / "release"
@@ -1000,6 +1069,12 @@ def main() -> int:
         squid.start(nginx.url("1k"))
         report["squid_version"] = squid.version()
         log(f"squid on {squid.addr}")
+        nginx_proxy = None
+        if not args.no_nginx_proxy:
+            nginx_proxy = Nginx(root, procs, args.nginx_workers, "nginx-proxy", NGINX_PROXY_IP, origin=nginx)
+            nginx_proxy.start()
+            log(f"nginx-proxy on {nginx_proxy.addr} (reverse proxy to {nginx.addr}, upstream keepalive, "
+                f"worker_processes {args.nginx_workers})")
 
         ssqd = Ssqd(bin_dir, root, "bench-small", SSQD_IP, procs, 60)
         ssqd.start()
@@ -1034,11 +1109,19 @@ def main() -> int:
             log(f"ssqd (100,000 domains + 100 regexes) on {big.addr}, applied in {item3['apply']['wall_s']} s "
                 f"({item3['apply']['file_bytes']} bytes, {item3['names']})")
 
-        # Verify the exact requests wrk will send: curl, then a raw socket with wrk's request.
-        checks = {}
         targets = {"ssqd": ssqd, "squid": squid}
+        if nginx_proxy:
+            targets["nginx-proxy"] = nginx_proxy
         if big:
             targets["ssqd_big"] = big
+        # Idle RSS: every process started and configured (ssqd: policy applied, its
+        # certificate pinned by `ssq status`), before any proxied request.
+        time.sleep(2)
+        idle = {k: rss_bytes(t.proc.pid) for k, t in targets.items()}
+        report["rss_idle_mib"] = {k: rnd(v / 2**20, 2) for k, v in idle.items()}
+
+        # Verify the exact requests wrk will send: curl, then a raw socket with wrk's request.
+        checks = {}
         for body, size in BODIES.items():
             code, got, err = curl(nginx.url(body), None)
             assert code == 200 and got == size, f"direct {body}: {code} {got} {err}"
@@ -1050,22 +1133,19 @@ def main() -> int:
         report["request_checks"] = checks
         log("curl and wrk's exact request through each proxy: 200 with the right body size")
 
-        pids = {"ssqd": ssqd.proc.pid, "squid": squid.proc.pid}
-        if big:
-            pids["ssqd_big"] = big.proc.pid
-        time.sleep(1)
-        idle = {k: rss_bytes(p) for k, p in pids.items()}
-        report["rss_idle_mib"] = {k: rnd(v / 2**20, 2) for k, v in idle.items()}
+        pids = {k: t.proc.pid for k, t in targets.items()}
         report["squid_processes"] = len(tree(squid.proc.pid))
+        if nginx_proxy:
+            report["nginx_proxy_processes"] = len(tree(nginx_proxy.proc.pid))
         log(f"RSS idle (MiB): {report['rss_idle_mib']}")
 
-        bench = Bench(args, root, nginx, squid, ssqd, big)
+        bench = Bench(args, root, nginx, squid, ssqd, big, nginx_proxy)
         other = bench.wait_quiet()
         log(f"other work on the machine: {other:.2f} CPUs")
         log(f"warm-up: {args.warmup} s per target and body at 256 conns")
         bench.warm_up()
         report["rss_after_warmup_idle_mib"] = {k: rnd(rss_bytes(p) / 2**20, 2) for k, p in pids.items()}
-        n_runs = args.rounds * (12 + (4 if big else 0))
+        n_runs = args.rounds * 4 * len(bench.targets)
         log(f"measuring: {n_runs} runs of {args.duration} s (~{n_runs * (args.duration + 0.6) / 60:.1f} min)")
         bench.measure()
         report["summary"] = s = bench.summary()
@@ -1098,6 +1178,9 @@ def main() -> int:
         if big:
             report["access_log_big"] = access_log_info(big)
         report["targets"] = check_targets(s, idle, item3)
+        report["reference"] = reference_info(s)
+        if nginx_proxy:
+            report["nginx_proxy_error_log"] = nginx_proxy.log_warnings()
         if args.perf:
             report["perf"] = profile(bench, root)
         report["runs"] = [{k: (rnd(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in bench.runs]
@@ -1113,6 +1196,7 @@ def main() -> int:
             try:
                 report["summary"] = bench.summary()
                 report["targets"] = check_targets(report["summary"], idle, None)
+                report["reference"] = reference_info(report["summary"])
             except Exception:
                 pass
     finally:

@@ -102,6 +102,7 @@ impl AccessLog {
         let writer = Writer {
             me: log.clone(),
             out: std::io::BufWriter::with_capacity(1 << 16, file),
+            line: String::with_capacity(512),
             path,
             events,
             spooling,
@@ -161,22 +162,12 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Hand the heap's free memory back to the system. glibc keeps it otherwise: after a
-/// burst of large responses (and once the pool has closed the idle upstream
-/// connections that held their buffers) the resident size would stay at its peak.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no
-    // preconditions and may be called from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// The writer thread's state.
 struct Writer {
     me: Arc<AccessLog>,
     out: std::io::BufWriter<std::fs::File>,
+    /// One access.log line, reused.
+    line: String,
     path: std::path::PathBuf,
     events: ExtLog,
     spooling: Option<Spooling>,
@@ -222,7 +213,7 @@ impl Writer {
                 next_sync = now + sync_every;
             }
             if now >= next_stats {
-                release_free_memory();
+                crate::memory::release_free_memory();
                 self.stats();
                 next_stats = now + STATS_EVERY;
             }
@@ -261,7 +252,9 @@ impl Writer {
                         c.blocked.fetch_add(1, Ordering::Relaxed);
                     }
                     c.bytes.fetch_add(rec.bytes_down, Ordering::Relaxed);
-                    if let Err(e) = self.out.write_all(rec.squid_line().as_bytes()) {
+                    self.line.clear();
+                    rec.push_squid_line(&mut self.line);
+                    if let Err(e) = self.out.write_all(self.line.as_bytes()) {
                         self.events.warn(
                             "access",
                             &format!("cannot write {}: {e}", self.path.display()),

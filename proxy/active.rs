@@ -27,11 +27,13 @@ impl Slot {
         self.0.read().ok().and_then(|g| g.clone())
     }
 
-    /// Replace the active policy.
+    /// Replace the active policy; then hand back to the system what parsing and
+    /// compiling it left free.
     pub fn set(&self, p: ActivePolicy) {
         if let Ok(mut g) = self.0.write() {
             *g = Some(Arc::new(p));
         }
+        crate::memory::release_free_memory_soon();
     }
 }
 

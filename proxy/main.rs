@@ -12,6 +12,7 @@ mod framing;
 mod handover;
 mod idle;
 mod master;
+mod memory;
 mod node;
 mod pages;
 mod portal;

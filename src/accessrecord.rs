@@ -48,26 +48,37 @@ pub struct AccessRecord {
     pub content_type: Option<String>,
 }
 
-/// Squid's `%[code]` field never holds spaces: anything that would break the columns is
-/// replaced.
-fn field(s: &str) -> String {
+/// Append `s` as one Squid field: never empty (`-`), and anything that would break the
+/// columns (whitespace, control characters) replaced by `_`.
+fn push_field(out: &mut String, s: &str) {
     if s.is_empty() {
-        return "-".into();
+        out.push('-');
+        return;
     }
-    s.chars()
-        .map(|c| {
-            if c.is_whitespace() || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect()
+    if !s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        out.push_str(s);
+        return;
+    }
+    out.extend(s.chars().map(|c| {
+        if c.is_whitespace() || c.is_control() {
+            '_'
+        } else {
+            c
+        }
+    }));
 }
 
 impl AccessRecord {
     /// The record's line in Squid's native access.log format (newline included).
     pub fn squid_line(&self) -> String {
+        let mut out = String::with_capacity(160 + self.url.len());
+        self.push_squid_line(&mut out);
+        out
+    }
+
+    /// Append the record's access.log line to `out` (the writer reuses one buffer).
+    pub fn push_squid_line(&self, out: &mut String) {
+        use std::fmt::Write;
         let result = if self.action == "blocked" {
             "TCP_DENIED"
         } else if self.method == "CONNECT" {
@@ -75,23 +86,31 @@ impl AccessRecord {
         } else {
             "TCP_MISS"
         };
-        let hier = match &self.peer {
-            Some(p) => format!("HIER_DIRECT/{}", field(p)),
-            None => "HIER_NONE/-".into(),
-        };
-        format!(
-            "{}.{:03} {:>6} {} {result}/{} {} {} {} {} {hier} {}\n",
+        // Writing to a String cannot fail.
+        let _ = write!(
+            out,
+            "{}.{:03} {:>6} ",
             self.time_ms / 1000,
             self.time_ms % 1000,
-            self.duration_ms,
-            field(&self.client),
-            self.status,
-            self.bytes_down,
-            field(&self.method),
-            field(&self.url),
-            field(self.user.as_deref().unwrap_or("-")),
-            field(self.content_type.as_deref().unwrap_or("-")),
-        )
+            self.duration_ms
+        );
+        push_field(out, &self.client);
+        let _ = write!(out, " {result}/{} {} ", self.status, self.bytes_down);
+        push_field(out, &self.method);
+        out.push(' ');
+        push_field(out, &self.url);
+        out.push(' ');
+        push_field(out, self.user.as_deref().unwrap_or("-"));
+        match &self.peer {
+            Some(p) => {
+                out.push_str(" HIER_DIRECT/");
+                push_field(out, p);
+            }
+            None => out.push_str(" HIER_NONE/-"),
+        }
+        out.push(' ');
+        push_field(out, self.content_type.as_deref().unwrap_or("-"));
+        out.push('\n');
     }
 }
 
@@ -129,5 +148,15 @@ mod tests {
         };
         assert!(blocked.squid_line().contains(" TCP_DENIED/451 "));
         assert!(blocked.squid_line().contains(" HIER_NONE/- "));
+        let odd = AccessRecord {
+            client: String::new(),
+            url: "http://x/\t\u{7}".into(),
+            content_type: None,
+            ..blocked
+        };
+        let line = odd.squid_line();
+        assert!(line.contains(" - TCP_DENIED/451 "), "{line}");
+        assert!(line.contains(" http://x/__ "), "{line}");
+        assert_eq!(line.split_whitespace().count(), 10);
     }
 }
