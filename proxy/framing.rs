@@ -12,21 +12,30 @@
 use std::collections::HashSet;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The bytes of a line the scan keeps.
+const LINE_MAX: usize = 64;
 
 /// What the scan has found, shared with the connection's request handler.
 #[derive(Default)]
 pub struct Findings {
     /// Indices (0-based, per connection) of requests with ambiguous framing.
     ambiguous: Mutex<HashSet<u64>>,
+    /// Whether `ambiguous` holds anything (the common case, no, takes no lock).
+    any: AtomicBool,
 }
 
 impl Findings {
     /// Whether request `index` of the connection had ambiguous framing.
     pub fn is_ambiguous(&self, index: u64) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
         self.ambiguous
             .lock()
             .map(|s| s.contains(&index))
@@ -67,7 +76,7 @@ impl Scan {
         Scan {
             state: State::Head,
             index: 0,
-            line: Vec::with_capacity(64),
+            line: Vec::with_capacity(LINE_MAX),
             first_line: true,
             content_lengths: 0,
             content_length: 0,
@@ -90,22 +99,35 @@ impl Scan {
                         State::Body(left)
                     };
                 }
-                State::Head => {
-                    let b = data[0];
-                    data = &data[1..];
-                    if b == b'\n' {
+                State::Head => match data.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        self.keep(&data[..i]);
+                        data = &data[i + 1..];
                         self.end_line(findings);
-                    } else if self.line.len() < 64 {
-                        self.line.push(b);
                     }
-                }
+                    None => {
+                        self.keep(data);
+                        data = &[];
+                    }
+                },
             }
         }
     }
 
+    /// Keep the start of a line (the first 64 bytes are all the scan needs).
+    fn keep(&mut self, part: &[u8]) {
+        let room = LINE_MAX.saturating_sub(self.line.len());
+        self.line.extend_from_slice(&part[..part.len().min(room)]);
+    }
+
     fn end_line(&mut self, findings: &Findings) {
-        let line = std::mem::take(&mut self.line);
-        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        // A copy on the stack: the line buffer is reused, never reallocated.
+        let mut copy = [0u8; LINE_MAX];
+        let n = self.line.len().min(LINE_MAX);
+        copy[..n].copy_from_slice(&self.line[..n]);
+        self.line.clear();
+        let line = &copy[..n];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         if self.first_line {
             if line.is_empty() {
                 // Blank lines before a request line are tolerated.
@@ -121,6 +143,7 @@ impl Scan {
                 if let Ok(mut s) = findings.ambiguous.lock() {
                     s.insert(self.index);
                 }
+                findings.any.store(true, Ordering::Release);
             }
             self.state = if self.connect || self.transfer_encoding {
                 State::Stopped
