@@ -12,7 +12,6 @@ mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -301,20 +300,9 @@ fn gateway(env: &Env, name: &str, policy: Option<&str>) -> Node {
     node
 }
 
-static POLICY_N: AtomicUsize = AtomicUsize::new(0);
-
 /// `ssq policy apply FILE --master NODE` with `text`; required to succeed.
 fn apply(env: &Env, node: &Node, text: &str) {
-    let n = POLICY_N.fetch_add(1, Ordering::SeqCst);
-    let file = env.path().join(format!("policy-{n}.yaml"));
-    std::fs::write(&file, text).unwrap();
-    let out = env.ssq(&[
-        "policy",
-        "apply",
-        file.to_str().unwrap(),
-        "--master",
-        &node.portal,
-    ]);
+    let out = policy_apply(env, &node.portal, text, &[]);
     assert_ok(&out, &format!("ssq policy apply\n{text}"));
 }
 

@@ -94,26 +94,8 @@ fn serve(s: TcpStream) {
 /// `curl -sS --max-time 15 ARGS` without proxy variables from the caller's shell:
 /// (status code, body, what curl did).
 fn curl(dir: &Path, args: &[&str]) -> (u16, String, Output) {
-    let body = dir.join("curl.body");
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "15", "--noproxy", "", "-o"])
-        .arg(&body)
-        .args(["-w", "%{http_code}"])
-        .args(args)
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("ALL_PROXY")
-        .env_remove("all_proxy")
-        .env_remove("NO_PROXY")
-        .env_remove("no_proxy")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run curl (install it: scripts/test does on Debian)");
-    let code = stdout(&out).trim().parse().unwrap_or(0);
-    let text = std::fs::read_to_string(&body).unwrap_or_default();
-    let _ = std::fs::remove_file(&body);
-    (code, text, out)
+    let c = util::curl(dir, args);
+    (c.code, c.body, c.out)
 }
 
 // ---------------------------------------------------------------------------------

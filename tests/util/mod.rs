@@ -731,17 +731,24 @@ pub fn apply_policy_wait(env: &Env, master: &Node, slaves: &[&str], policy: &str
                 .then_some(())
         },
     );
-    let file = env.path().join("policy-wait.yaml");
-    std::fs::write(&file, policy).expect("write policy file");
-    let out = env.ssq(&[
-        "policy",
-        "apply",
-        file.to_str().expect("utf-8 path"),
-        "--master",
-        &master.portal,
-        "--wait",
-    ]);
+    let out = policy_apply(env, &master.portal, policy, &["--wait"]);
     assert_ok(&out, "ssq policy apply --wait");
+}
+
+static POLICY_FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `ssq policy apply FILE --master PORTAL EXTRA…` with `text` in a new file of the
+/// env's dir; what ssq did.
+pub fn policy_apply(env: &Env, portal: &str, text: &str, extra: &[&str]) -> Output {
+    let n = POLICY_FILES.fetch_add(1, Ordering::SeqCst);
+    let file = env
+        .path()
+        .join(format!("policy-{}-{n}.yaml", std::process::id()));
+    std::fs::write(&file, text).expect("write the policy file");
+    let path = file.to_str().expect("utf-8 path");
+    let mut args = vec!["policy", "apply", path, "--master", portal];
+    args.extend_from_slice(extra);
+    env.ssq(&args)
 }
 
 /// Read one HTTP/1.1 request off `r` as an origin server does: the head (request line
