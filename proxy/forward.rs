@@ -2,7 +2,8 @@
 //! access, rules, CONNECT ports) before any DNS lookup, then forwarded through a pooled
 //! upstream client (absolute-form → origin-form, hop-by-hop headers stripped, `Via`
 //! added) or tunnelled (CONNECT). A node that has no policy refuses everything with 503
-//! (fail closed). Every request, refused or served, ends in one access record.
+//! (fail closed). Every request, refused or served, ends in one access record. Names
+//! are resolved through a cache (`dnscache`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use ssq::policy::{EffectiveLimits, Request as PolicyRequest, Verdict};
 use crate::accesslog::AccessLog;
 use crate::active::ActivePolicy;
 use crate::connlimit::Permit;
+use crate::dnscache::DnsCache;
 use crate::node::Node;
 use crate::pages;
 use crate::tracked::{CountIo, ProxyBody, RecordGuard, Tracked};
@@ -31,6 +33,8 @@ pub struct Proxy {
     node: Arc<Node>,
     /// Pooled upstream HTTP/1.1 connections.
     upstream: Arc<Upstream>,
+    /// Upstream names already resolved.
+    dns: DnsCache,
     /// The access log.
     pub log: Arc<AccessLog>,
     /// `Via` value: `1.1 NODE`.
@@ -114,6 +118,7 @@ impl Proxy {
         Arc::new(Proxy {
             node,
             upstream: Upstream::new(),
+            dns: DnsCache::default(),
             log,
             via,
             own,
@@ -390,21 +395,36 @@ impl Proxy {
         self.forward(req, addr, &host, &limits, guard).await
     }
 
-    /// Resolve and check the target.
+    /// Resolve (IP literals as they are, names through the cache) and check the target.
     async fn resolve(
         &self,
         host: &str,
         port: u16,
         limits: &EffectiveLimits,
     ) -> Result<SocketAddr, (u16, String)> {
-        let lookup = tokio::time::timeout(
-            limits.upstream_connect_timeout,
-            tokio::net::lookup_host((host, port)),
-        )
-        .await
-        .map_err(|_| (504, format!("resolving {host} timed out")))?
-        .map_err(|e| (502, format!("cannot resolve {host}: {e}")))?;
         let own = &self.own;
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            let a = SocketAddr::new(ip, port);
+            return match forbidden_target(a, own) {
+                None => Ok(a),
+                Some(why) => Err((502, format!("{host}:{port} ({a}): {why}"))),
+            };
+        }
+        let timeout = limits.upstream_connect_timeout;
+        let answer = self
+            .dns
+            .get_or_resolve(host, port, || async move {
+                match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
+                    Err(_) => None,
+                    Ok(r) => Some(r.map(Iterator::collect).map_err(|e| e.to_string())),
+                }
+            })
+            .await;
+        let lookup = match answer {
+            None => return Err((504, format!("resolving {host} timed out"))),
+            Some(Err(e)) => return Err((502, format!("cannot resolve {host}: {e}"))),
+            Some(Ok(addrs)) => addrs,
+        };
         let mut refused = None;
         for a in lookup {
             match forbidden_target(a, own) {
@@ -486,6 +506,8 @@ impl Proxy {
             }
             Ok(Ok(r)) => r,
         };
+        // An origin that stops sending mid-body is given up after the idle timeout.
+        let body = body.with_stall_limit(limits.idle_timeout);
         let mut resp = Response::new(());
         *resp.status_mut() = head.status;
         *resp.headers_mut() = head.headers;

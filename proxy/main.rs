@@ -7,6 +7,7 @@ mod apierror;
 mod connlimit;
 mod daemon;
 mod diagnose;
+mod dnscache;
 mod forward;
 mod framing;
 mod handover;

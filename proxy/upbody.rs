@@ -2,12 +2,15 @@
 //! for the next frame: Content-Length, chunked (decoded; hyper re-frames it for the
 //! client) or delimited by the connection closing. The buffer is bounded, so a large
 //! body streams through a few tens of KiB. When the body ends cleanly on a connection
-//! that may be kept alive, the connection goes back to the pool.
+//! that may be kept alive, the connection goes back to the pool. An upstream that stops
+//! sending mid-body for longer than the stall limit fails the body (the client's
+//! connection is closed) instead of holding both connections open forever.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
@@ -60,6 +63,12 @@ pub struct UpBody {
     state: State,
     /// Whether the connection may carry another request once the body is done.
     keep: bool,
+    /// No byte from the upstream for this long fails the body (None: no limit).
+    stall: Option<Duration>,
+    /// When the upstream last sent something.
+    last: tokio::time::Instant,
+    /// Armed at the first read that has to wait; re-armed only when it fires early.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 fn bad(msg: &str) -> io::Error {
@@ -79,12 +88,22 @@ impl UpBody {
             buf,
             state,
             keep,
+            stall: None,
+            last: tokio::time::Instant::now(),
+            timer: None,
         };
         // A body of nothing may never be polled: the connection is free at once.
         if matches!(body.state, State::Length(0)) {
             body.finish();
         }
         body
+    }
+
+    /// Fail the body when the upstream sends nothing for `limit`.
+    pub fn with_stall_limit(mut self, limit: Duration) -> UpBody {
+        self.stall = Some(limit);
+        self.last = tokio::time::Instant::now();
+        self
     }
 
     /// The body ended cleanly: the connection goes back to the pool if it can.
@@ -102,7 +121,14 @@ impl UpBody {
 
     /// Read more into the buffer; Ok(0) at the upstream's end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        let UpBody { conn, buf, .. } = self;
+        let UpBody {
+            conn,
+            buf,
+            stall,
+            last,
+            timer,
+            ..
+        } = self;
         let Some(conn) = conn else {
             return Poll::Ready(Ok(0));
         };
@@ -110,7 +136,32 @@ impl UpBody {
         // Through `poll_read`, which knows a short read drained the socket: the next
         // read waits for the socket instead of trying it first.
         let read = tokio::io::AsyncReadExt::read_buf(&mut conn.stream, buf);
-        std::pin::pin!(read).poll(cx)
+        if let Poll::Ready(r) = std::pin::pin!(read).poll(cx) {
+            if stall.is_some() {
+                *last = tokio::time::Instant::now();
+            }
+            return Poll::Ready(r);
+        }
+        let Some(limit) = *stall else {
+            return Poll::Pending;
+        };
+        loop {
+            let due = *last + limit;
+            let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+            if t.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if tokio::time::Instant::now() >= due {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "upstream body: nothing received for {} s",
+                        limit.as_secs_f32()
+                    ),
+                )));
+            }
+            t.as_mut().reset(due);
+        }
     }
 
     /// A line (without its CRLF) at the start of the buffer, consumed; None if incomplete.

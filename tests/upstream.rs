@@ -5,7 +5,8 @@
 //! and chunked) reach the origin intact; upstream connections are reused, and one the
 //! origin closed while it sat in the pool is replaced without the client noticing; an
 //! origin that stops mid-body cuts the client off rather than passing a short body as
-//! whole; a silent origin gets 504, a garbled one 502.
+//! whole; a silent origin gets 504, one that stalls mid-body is given up after the idle
+//! timeout, a garbled one gets 502.
 
 mod util;
 
@@ -139,6 +140,16 @@ fn answer(path: &str, body: &[u8], w: &mut TcpStream) -> bool {
             let _ = ok(w, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nquit");
             false
         }
+        // Half a body, then nothing for 8 s.
+        "/stall" => {
+            let text = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{}",
+                pattern(50_000)
+            );
+            let _ = ok(w, text.as_bytes());
+            std::thread::sleep(Duration::from_secs(8));
+            false
+        }
         "/silent" => {
             std::thread::sleep(Duration::from_secs(8));
             false
@@ -154,16 +165,10 @@ fn answer(path: &str, body: &[u8], w: &mut TcpStream) -> bool {
 /// A standalone node with `policy`, and its proxy URL for curl's `-x`.
 fn gateway(env: &Env, name: &str, policy: &str) -> (Node, String) {
     let node = Node::start(env, name, &next_ip(), "");
-    let file = env.path().join(format!("{name}.policy.yaml"));
-    std::fs::write(&file, policy).expect("write the policy");
-    let out = env.ssq(&[
-        "policy",
-        "apply",
-        file.to_str().expect("utf-8 path"),
-        "--master",
-        &node.portal,
-    ]);
-    assert_ok(&out, "ssq policy apply");
+    assert_ok(
+        &policy_apply(env, &node.portal, policy, &[]),
+        "ssq policy apply",
+    );
     let proxy = format!("http://{}", node.proxy.clone().expect("a proxy listener"));
     (node, proxy)
 }
@@ -325,7 +330,7 @@ fn an_origin_that_stops_mid_body_cuts_the_client_off() {
 }
 
 #[test]
-fn a_silent_origin_gets_504_and_a_garbled_one_502() {
+fn silent_stalled_and_garbled_origins_are_given_up() {
     let env = Env::new();
     let origin = Script::start();
     let (_node, proxy) = gateway(
@@ -340,6 +345,19 @@ fn a_silent_origin_gets_504_and_a_garbled_one_502() {
     assert!(
         t.elapsed() < Duration::from_secs(6),
         "the 504 took {:?}",
+        t.elapsed()
+    );
+
+    // Stopping mid-body is given up after idle_timeout too: the client is cut off.
+    let t = Instant::now();
+    let c = curl(env.path(), &["-x", &proxy, &origin.url("/stall")]);
+    assert!(
+        matches!(c.out.status.code(), Some(18 | 52 | 56)),
+        "a stalled body did not end in an error: {c:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "the stall was noticed after {:?}",
         t.elapsed()
     );
 
