@@ -463,13 +463,16 @@ impl Proxy {
             parts.headers.insert(header::HOST, hv);
         }
         parts.headers.append(header::VIA, self.via.clone());
+        // Origin-form: `http://h` and `http://h?q` become `/` and `/?q`.
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
+        let target: std::borrow::Cow<'_, str> = if pq.starts_with('/') {
+            pq.into()
+        } else {
+            format!("/{pq}").into()
+        };
         let out = Outgoing {
             method: &parts.method,
-            target: parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/"),
+            target: &target,
             headers: &parts.headers,
         };
         let body = Tracked::new(body, guard.up.clone(), None);

@@ -35,6 +35,17 @@ pub enum Framing {
     Eof,
 }
 
+impl Framing {
+    /// The same framing on a connection that is not kept afterwards.
+    pub fn closing(self) -> Framing {
+        match self {
+            Framing::Length(n, _) => Framing::Length(n, false),
+            Framing::Chunked(_) => Framing::Chunked(false),
+            Framing::Eof => Framing::Eof,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum State {
     /// Bytes of the body not yet handed on (some may be in the buffer).
@@ -246,11 +257,17 @@ impl UpBody {
                 }
                 State::ChunkSize => match self.take_line()? {
                     Some(line) => {
+                        // Hex digits only (whitespace allowed before an extension),
+                        // as strict as hyper is with the client.
                         let size = line[..]
                             .split(|&b| b == b';')
                             .next()
-                            .map(|s| s.trim_ascii())
-                            .filter(|s| !s.is_empty() && s.len() <= 16)
+                            .map(|s| s.trim_ascii_end())
+                            .filter(|s| {
+                                !s.is_empty()
+                                    && s.len() <= 16
+                                    && s.iter().all(u8::is_ascii_hexdigit)
+                            })
                             .and_then(|s| std::str::from_utf8(s).ok())
                             .and_then(|s| u64::from_str_radix(s, 16).ok())
                             .ok_or_else(|| bad("bad chunk size"))?;

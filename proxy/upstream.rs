@@ -29,6 +29,8 @@ const IDLE_FOR: Duration = Duration::from_secs(30);
 const MAX_HEAD: usize = 64 * 1024;
 /// Headers in a response head, at most.
 const MAX_HEADERS: usize = 128;
+/// How long an origin that broke off a request body is given to send its answer.
+const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
 /// The first read of a response: most heads, and small bodies with them, fit.
 pub const FIRST_READ: usize = 8 * 1024;
 
@@ -169,15 +171,14 @@ impl Upstream {
         }
     }
 
+    /// The most recently used idle connection to `addr` that is still usable.
     fn take(&self, addr: SocketAddr) -> Option<(TcpStream, BytesMut)> {
-        let mut idle = self.lock();
-        let v = idle.get_mut(&addr)?;
-        while let Some((s, buf, since)) = v.pop() {
-            if since.elapsed() < IDLE_FOR {
+        loop {
+            let (s, buf, since) = self.lock().get_mut(&addr)?.pop()?;
+            if since.elapsed() < IDLE_FOR && still_usable(&s) {
                 return Some((s, buf));
             }
         }
-        None
     }
 
     async fn connect(
@@ -236,7 +237,10 @@ impl Upstream {
         let mut fresh = false;
         loop {
             let mut conn = self.connect(addr, fresh, connect_timeout).await?;
-            let retry_ok = conn.reused && no_body;
+            // Only a request the origin cannot have acted on is sent again: no body, an
+            // idempotent method (RFC 9110 9.2.2), on a connection that was idle.
+            let retry_ok = conn.reused && no_body && req.method.is_idempotent();
+            let head_req = req.method == Method::HEAD;
             let sent = async {
                 conn.stream.write_all(&head).await.map_err(UpError::Io)?;
                 if let Some(b) = body.take().filter(|_| !no_body) {
@@ -245,10 +249,22 @@ impl Upstream {
                 Ok::<(), UpError>(())
             }
             .await;
+            let buf = std::mem::take(&mut conn.buf);
             let r = match sent {
-                Ok(()) => {
-                    let buf = std::mem::take(&mut conn.buf);
-                    read_head(&mut conn.stream, buf, req.method == Method::HEAD).await
+                Ok(()) => read_head(&mut conn.stream, buf, head_req).await,
+                // The origin may have answered before taking the whole body (413, 401)
+                // and closed: its answer, if one came, is what the client gets. The
+                // connection is not reused (the body was cut short).
+                Err(UpError::Io(e)) if !no_body => {
+                    let early = tokio::time::timeout(
+                        EARLY_ANSWER_WAIT,
+                        read_head(&mut conn.stream, buf, head_req),
+                    )
+                    .await;
+                    match early {
+                        Ok(Ok((head, buf, framing))) => Ok((head, buf, framing.closing())),
+                        _ => Err(UpError::Io(e)),
+                    }
                 }
                 Err(e) => Err(e),
             };
@@ -265,7 +281,24 @@ impl Upstream {
     }
 }
 
-/// Whether `e` is what a kept-alive connection closed by the peer looks like.
+/// Whether an idle connection can carry a request: nothing arrived on it since its last
+/// response (no FIN from an origin that timed it out, no stray bytes such as a 408 or
+/// more than the response framed). Free when the runtime has seen no event on the
+/// socket; otherwise one non-blocking read tells.
+fn still_usable(stream: &TcpStream) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        std::task::Poll::Pending => true,
+        std::task::Poll::Ready(Err(_)) => false,
+        std::task::Poll::Ready(Ok(())) => {
+            let mut byte = [0u8; 1];
+            matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+/// Whether `e` is what a kept-alive connection closed by the peer looks like (before
+/// any byte of a response arrived).
 fn stale(e: &UpError) -> bool {
     match e {
         UpError::Closed => true,
@@ -347,10 +380,13 @@ async fn read_head(
     head_req: bool,
 ) -> Result<(Head, BytesMut, Framing), UpError> {
     buf.clear();
+    // Once any byte of a response came, a failure is not a stale connection: the
+    // request reached the origin.
+    let mut got_any = false;
     loop {
         if let Some(len) = head_len(&buf)? {
             let bytes = buf.split_to(len).freeze();
-            let head = parse_head(&bytes)?;
+            let mut head = parse_head(&bytes)?;
             if head.status.is_informational() {
                 if head.status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(UpError::Invalid(
@@ -360,6 +396,11 @@ async fn read_head(
                 continue;
             }
             let framing = framing(&head, head_req)?;
+            // Content-Length beside Transfer-Encoding is dropped (RFC 9112 6.3): the
+            // body is read as chunked, and the client must not frame it by the length.
+            if head.headers.contains_key(http::header::TRANSFER_ENCODING) {
+                head.headers.remove(http::header::CONTENT_LENGTH);
+            }
             return Ok((head, buf, framing));
         }
         if buf.len() >= MAX_HEAD {
@@ -369,16 +410,21 @@ async fn read_head(
             )));
         }
         let room = FIRST_READ.max(buf.len());
-        let n = read_some(stream, &mut buf, room)
-            .await
-            .map_err(UpError::Io)?;
+        let n = match read_some(stream, &mut buf, room).await {
+            Ok(n) => n,
+            Err(e) if got_any => {
+                return Err(UpError::Invalid(format!("reading the response head: {e}")))
+            }
+            Err(e) => return Err(UpError::Io(e)),
+        };
         if n == 0 {
-            return Err(if buf.is_empty() {
-                UpError::Closed
-            } else {
+            return Err(if got_any {
                 UpError::Invalid("the connection closed inside the response head".into())
+            } else {
+                UpError::Closed
             });
         }
+        got_any = true;
     }
 }
 

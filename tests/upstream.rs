@@ -62,6 +62,17 @@ impl Script {
         self.conns.load(Ordering::SeqCst)
     }
 
+    /// How many requests for `path` arrived.
+    fn count(&self, path: &str) -> usize {
+        let line = format!(" {path} ");
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(h, _)| h.lines().next().is_some_and(|l| l.contains(&line)))
+            .count()
+    }
+
     /// The head and body of the last request for `path`.
     fn last(&self, path: &str) -> Option<(String, Vec<u8>)> {
         let line = format!(" {path} ");
@@ -152,6 +163,37 @@ fn answer(path: &str, body: &[u8], w: &mut TcpStream) -> bool {
         }
         "/silent" => {
             std::thread::sleep(Duration::from_secs(8));
+            false
+        }
+        // A response, then bytes it did not frame, on a connection kept open.
+        "/extra" => {
+            let _ = ok(w, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokJUNK");
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = ok(w, b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON");
+            std::thread::sleep(Duration::from_secs(5));
+            false
+        }
+        // An interim answer, then the connection closes.
+        "/early-close" => {
+            let _ = ok(w, b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n");
+            false
+        }
+        // Reads the request, closes without answering.
+        "/no-answer" => false,
+        "/head" => ok(w, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"),
+        "/204" => ok(w, b"HTTP/1.1 204 No Content\r\n\r\n"),
+        "/304" => ok(w, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\n"),
+        // Transfer-Encoding and a Content-Length that disagrees with the body.
+        "/clte" => ok(
+            w,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        "/big-head" => {
+            let text = format!(
+                "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+                "b".repeat(70_000)
+            );
+            let _ = ok(w, text.as_bytes());
             false
         }
         "/garbage" => {
@@ -254,6 +296,10 @@ fn request_bodies_reach_the_origin_intact() {
     assert!(
         head.to_ascii_lowercase()
             .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    assert!(
+        !head.to_ascii_lowercase().contains("content-length"),
         "{head}"
     );
     assert_eq!(body.len(), 200_000);
@@ -367,4 +413,107 @@ fn silent_stalled_and_garbled_origins_are_given_up() {
         c.body.contains("invalid response"),
         "the 502 gives no reason: {c:?}"
     );
+}
+
+/// What a kept-alive upstream connection must not do: carry stray bytes into the next
+/// response, be resent a request the origin may have acted on, or lose a request with a
+/// body because the origin closed it while idle.
+#[test]
+fn pooled_connections_are_checked_and_retries_are_safe() {
+    let env = Env::new();
+    let origin = Script::start();
+    let (_node, proxy) = gateway(&env, "up-safe", "rules: []\n");
+    let get = |path: &str| curl(env.path(), &["-x", &proxy, &origin.url(path)]);
+
+    // Bytes past the framed body: the connection is dropped, not reused, so the next
+    // client gets its own answer, not the origin's leftovers.
+    let c = get("/extra");
+    assert_eq!((c.code, c.body.as_str()), (200, "ok"), "{c:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let c = get("/after-extra");
+    assert_eq!(
+        (c.code, c.body.as_str()),
+        (200, "ok"),
+        "stray bytes reached the next client: {c:?}"
+    );
+
+    // The origin closes a pooled connection: a POST with a body still goes through (the
+    // closed connection is noticed before the request is written).
+    let c = get("/quit");
+    assert_eq!(c.code, 200, "{c:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    let c = curl(
+        env.path(),
+        &[
+            "-x",
+            &proxy,
+            "--data-binary",
+            "payload",
+            &origin.url("/echo"),
+        ],
+    );
+    assert_eq!((c.code, c.body.as_str()), (200, "payload"), "{c:?}");
+
+    // An interim answer, then a close, on a reused connection: a failure, not a resend.
+    let c = get("/warm");
+    assert_eq!(c.code, 200, "{c:?}");
+    let c = get("/early-close");
+    assert_eq!(c.code, 502, "{c:?}");
+    assert_eq!(
+        origin.count("/early-close"),
+        1,
+        "resent after part of a response came"
+    );
+
+    // A POST without a body that the origin took and never answered: not resent.
+    let c = get("/warm2");
+    assert_eq!(c.code, 200, "{c:?}");
+    let c = curl(
+        env.path(),
+        &[
+            "-x",
+            &proxy,
+            "-X",
+            "POST",
+            "-H",
+            "Content-Length: 0",
+            &origin.url("/no-answer"),
+        ],
+    );
+    assert_eq!(c.code, 502, "{c:?}");
+    assert_eq!(
+        origin.count("/no-answer"),
+        1,
+        "a non-idempotent request was resent"
+    );
+}
+
+#[test]
+fn bodiless_responses_keep_the_connection_and_odd_heads_are_handled() {
+    let env = Env::new();
+    let origin = Script::start();
+    let (_node, proxy) = gateway(&env, "up-heads", "rules: []\n");
+    let c = curl(env.path(), &["-x", &proxy, "-I", &origin.url("/head")]);
+    assert_eq!(c.code, 200, "{c:?}");
+    assert!(
+        c.headers
+            .to_ascii_lowercase()
+            .contains("content-length: 1000"),
+        "{c:?}"
+    );
+    for (path, code) in [("/204", 204), ("/304", 304), ("/n", 200)] {
+        let c = curl(env.path(), &["-x", &proxy, &origin.url(path)]);
+        assert!(c.out.status.success(), "{path}: {c:?}");
+        assert_eq!(c.code, code, "{path}: {c:?}");
+    }
+    assert_eq!(origin.conns(), 1, "a bodiless response cost the connection");
+
+    // Content-Length beside Transfer-Encoding: the chunked body is what the client gets.
+    let c = curl(env.path(), &["-x", &proxy, &origin.url("/clte")]);
+    assert_eq!((c.code, c.body.as_str()), (200, "hello"), "{c:?}");
+
+    // A head over 64 KiB is refused with a reason.
+    let c = curl(env.path(), &["-x", &proxy, &origin.url("/big-head")]);
+    assert_eq!(c.code, 502, "{c:?}");
+    assert!(c.body.contains("larger than"), "{c:?}");
 }
