@@ -25,7 +25,7 @@ use crate::dnscache::DnsCache;
 use crate::node::Node;
 use crate::pages;
 use crate::tracked::{CountIo, ProxyBody, RecordGuard, Tracked};
-use crate::upstream::{Outgoing, UpError, Upstream};
+use crate::upstream::{Outgoing, Prepared, UpError, Upstream};
 
 /// The proxy of one node.
 pub struct Proxy {
@@ -230,14 +230,17 @@ impl Proxy {
     }
 
     /// Serve one client request; `ambiguous`: its head had both Content-Length and
-    /// Transfer-Encoding, or two Content-Lengths (see `framing`).
+    /// Transfer-Encoding, or two Content-Lengths (see `framing`). `waiting` marks the
+    /// client's connection busy (not idle) until the response head is ready.
     pub async fn handle(
         self: Arc<Self>,
         client: SocketAddr,
         ambiguous: bool,
         hold: Arc<Permit>,
         req: Request<Incoming>,
+        waiting: crate::idle::Waiting,
     ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+        let _waiting = waiting;
         let start = Instant::now();
         let is_connect = req.method() == Method::CONNECT;
         let url = if is_connect {
@@ -470,12 +473,18 @@ impl Proxy {
         } else {
             format!("/{pq}").into()
         };
-        let out = Outgoing {
-            method: &parts.method,
-            target: &target,
-            headers: &parts.headers,
-        };
         let body = Tracked::new(body, guard.up.clone(), None);
+        let out = Prepared::new(
+            &Outgoing {
+                method: &parts.method,
+                target: &target,
+                headers: &parts.headers,
+            },
+            &body,
+        );
+        // The parsed head pins hyper's read buffer: gone before the first wait.
+        drop(target);
+        drop(parts);
         let wait = limits.upstream_connect_timeout + limits.idle_timeout;
         let sent = self
             .upstream

@@ -143,11 +143,20 @@ impl UpBody {
         let Some(conn) = conn else {
             return Poll::Ready(Ok(0));
         };
-        buf.reserve(want.clamp(1024, READ_MAX));
-        // Through `poll_read`, which knows a short read drained the socket: the next
-        // read waits for the socket instead of trying it first.
-        let read = tokio::io::AsyncReadExt::read_buf(&mut conn.stream, buf);
-        if let Poll::Ready(r) = std::pin::pin!(read).poll(cx) {
+        // No buffer is reserved until the socket has something: a response waiting for
+        // its origin holds no read buffer (at 256 slow responses, 16 MiB less).
+        let ready = match conn.stream.poll_read_ready(cx) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {
+                buf.reserve(want.clamp(1024, READ_MAX));
+                // Through `poll_read`, which knows a short read drained the socket:
+                // the next read waits for the socket instead of trying it first.
+                let read = tokio::io::AsyncReadExt::read_buf(&mut conn.stream, buf);
+                std::pin::pin!(read).poll(cx)
+            }
+            Poll::Pending => Poll::Pending,
+        };
+        if let Poll::Ready(r) = ready {
             if stall.is_some() {
                 *last = tokio::time::Instant::now();
             }

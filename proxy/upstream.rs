@@ -77,6 +77,37 @@ pub struct Outgoing<'a> {
     pub headers: &'a HeaderMap,
 }
 
+/// A request ready to send: its head already serialized, so the client's parsed head
+/// (whose header values are slices of hyper's read buffer) can be dropped before any
+/// waiting, and hyper reuses that buffer instead of allocating another per request.
+pub struct Prepared {
+    /// The serialized head, framing header included.
+    head: Vec<u8>,
+    /// Idempotent (RFC 9110 9.2.2): may be resent on a fresh connection.
+    idempotent: bool,
+    /// A HEAD request: its response has no body whatever it says.
+    head_req: bool,
+    /// The request has no body.
+    no_body: bool,
+    /// The body goes chunked (its length is not known).
+    chunked: bool,
+}
+
+impl Prepared {
+    /// Serialize `req`, whose body is `body`.
+    pub fn new<B: Body>(req: &Outgoing<'_>, body: &B) -> Prepared {
+        let no_body = body.is_end_stream();
+        let chunked = !no_body && body.size_hint().exact().is_none();
+        Prepared {
+            head: request_head(req, chunked),
+            idempotent: req.method.is_idempotent(),
+            head_req: req.method == Method::HEAD,
+            no_body,
+            chunked,
+        }
+    }
+}
+
 /// An idle connection: its socket, its read buffer (kept so the next response on it
 /// needs no new allocation), and since when it is idle.
 type Idle = (TcpStream, BytesMut, Instant);
@@ -221,7 +252,7 @@ impl Upstream {
     pub async fn send<B>(
         self: &Arc<Self>,
         addr: SocketAddr,
-        req: Outgoing<'_>,
+        req: Prepared,
         body: B,
         connect_timeout: Duration,
     ) -> Result<(Head, UpBody), UpError>
@@ -229,18 +260,20 @@ impl Upstream {
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        let no_body = body.is_end_stream();
-        let length = body.size_hint().exact();
-        let chunked = !no_body && length.is_none();
-        let head = request_head(&req, chunked);
+        let Prepared {
+            head,
+            idempotent,
+            head_req,
+            no_body,
+            chunked,
+        } = req;
         let mut body = Some(body);
         let mut fresh = false;
         loop {
             let mut conn = self.connect(addr, fresh, connect_timeout).await?;
             // Only a request the origin cannot have acted on is sent again: no body, an
             // idempotent method (RFC 9110 9.2.2), on a connection that was idle.
-            let retry_ok = conn.reused && no_body && req.method.is_idempotent();
-            let head_req = req.method == Method::HEAD;
+            let retry_ok = conn.reused && no_body && idempotent;
             let sent = async {
                 conn.stream.write_all(&head).await.map_err(UpError::Io)?;
                 if let Some(b) = body.take().filter(|_| !no_body) {
