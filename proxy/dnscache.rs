@@ -2,7 +2,9 @@
 //! thread) costs a thread hand-off and usually a DNS round trip; without a cache every
 //! request to `example.com` would pay it. Answers are kept for a minute (the resolver
 //! does not tell TTLs; a minute is what browsers keep them), failures for 5 s, so a
-//! name that starts resolving is used soon. IP literals never reach the cache.
+//! name that starts resolving is used soon. IP literals never reach the cache. An
+//! address that did not take a connection moves to the end of its name's answer, so
+//! the next requests try the name's other addresses first.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -53,6 +55,17 @@ impl DnsCache {
         }
         names.insert((host.to_string(), port), (answer.clone(), now + keep));
         Some(answer)
+    }
+
+    /// `failed` (addresses of `host` that did not take a connection) move to the end
+    /// of its cached answer, in their order: the next requests try the others first.
+    pub fn demote(&self, host: &str, port: u16, failed: &[SocketAddr]) {
+        if failed.is_empty() {
+            return;
+        }
+        if let Some((Ok(addrs), _)) = self.lock().get_mut(&(host.to_string(), port)) {
+            addrs.sort_by_key(|a| failed.contains(a));
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u16), (Answer, Instant)>> {
@@ -109,5 +122,32 @@ mod tests {
         assert_eq!(cache.get_or_resolve("c.example", 80, timeout).await, None);
         assert_eq!(cache.get_or_resolve("c.example", 80, timeout).await, None);
         assert_eq!(calls.load(Ordering::SeqCst), 5, "a timeout is not cached");
+    }
+
+    #[tokio::test]
+    async fn addresses_that_failed_go_last() {
+        let cache = DnsCache::default();
+        let a: Vec<SocketAddr> = ["192.0.2.1:80", "192.0.2.2:80", "192.0.2.3:80"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let answer = a.clone();
+        cache
+            .get_or_resolve("m.example", 80, || async move { Some(Ok(answer)) })
+            .await;
+        cache.demote("m.example", 80, &a[..2]);
+        let never = || async { None };
+        assert_eq!(
+            cache.get_or_resolve("m.example", 80, never).await,
+            Some(Ok(vec![a[2], a[0], a[1]])),
+            "the two that failed follow the one that worked, in their order"
+        );
+        // Another port's entry, or a name not cached, is left alone.
+        cache.demote("m.example", 8080, &a[2..]);
+        cache.demote("n.example", 80, &a[2..]);
+        assert_eq!(
+            cache.get_or_resolve("m.example", 80, never).await,
+            Some(Ok(vec![a[2], a[0], a[1]]))
+        );
     }
 }

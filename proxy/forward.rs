@@ -25,7 +25,7 @@ use crate::dnscache::DnsCache;
 use crate::node::Node;
 use crate::pages;
 use crate::tracked::{CountIo, ProxyBody, RecordGuard, Tracked};
-use crate::upstream::{Outgoing, Prepared, UpError, Upstream};
+use crate::upstream::{connect_first, Outgoing, Prepared, UpError, Upstream, MAX_ADDRS};
 
 /// The proxy of one node.
 pub struct Proxy {
@@ -376,8 +376,8 @@ impl Proxy {
         }
         let limits = *active.matcher.limits();
         drop(active);
-        let addr = match self.resolve(&host, port, &limits).await {
-            Ok(a) => a,
+        let targets = match self.resolve(&host, port, &limits).await {
+            Ok(t) => t,
             Err((status, why)) => {
                 return self.refuse(
                     status,
@@ -391,11 +391,13 @@ impl Proxy {
                 );
             }
         };
-        guard.rec.peer = Some(addr.ip().to_string());
+        guard.rec.peer = Some(targets.first.ip().to_string());
         if is_connect {
-            return self.tunnel(req, addr, &limits, guard, hold).await;
+            return self
+                .tunnel(req, &targets, &host, &limits, guard, hold)
+                .await;
         }
-        self.forward(req, addr, &host, &limits, guard).await
+        self.forward(req, &targets, &host, &limits, guard).await
     }
 
     /// Resolve (IP literals as they are, names through the cache) and check the target.
@@ -404,12 +406,15 @@ impl Proxy {
         host: &str,
         port: u16,
         limits: &EffectiveLimits,
-    ) -> Result<SocketAddr, (u16, String)> {
+    ) -> Result<Targets, (u16, String)> {
         let own = &self.own;
         if let Ok(ip) = host.parse::<IpAddr>() {
             let a = SocketAddr::new(ip, port);
             return match forbidden_target(a, own) {
-                None => Ok(a),
+                None => Ok(Targets {
+                    first: a,
+                    all: None,
+                }),
                 Some(why) => Err((502, format!("{host}:{port} ({a}): {why}"))),
             };
         }
@@ -428,26 +433,36 @@ impl Proxy {
             Some(Err(e)) => return Err((502, format!("cannot resolve {host}: {e}"))),
             Some(Ok(addrs)) => addrs,
         };
+        // Every address the name has that may be forwarded to, in the cache's order
+        // (addresses that failed to connect last).
         let mut refused = None;
-        for a in lookup {
-            match forbidden_target(a, own) {
-                None => return Ok(a),
-                Some(why) => refused = Some(format!("{host}:{port} ({a}): {why}")),
+        let mut allowed = lookup;
+        allowed.retain(|&a| match forbidden_target(a, own) {
+            None => true,
+            Some(why) => {
+                refused = Some(format!("{host}:{port} ({a}): {why}"));
+                false
             }
+        });
+        match allowed.first() {
+            Some(&first) => Ok(Targets {
+                first,
+                all: Some(allowed),
+            }),
+            None => Err((
+                502,
+                refused.unwrap_or_else(|| format!("{host} has no address")),
+            )),
         }
-        Err((
-            502,
-            refused.unwrap_or_else(|| format!("{host} has no address")),
-        ))
     }
 
     async fn forward(
         &self,
         req: Request<Incoming>,
-        addr: SocketAddr,
+        targets: &Targets,
         host: &str,
         limits: &EffectiveLimits,
-        guard: RecordGuard,
+        mut guard: RecordGuard,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
         // The Host the client named (or the target's), never the resolved address.
@@ -485,16 +500,23 @@ impl Proxy {
         // The parsed head pins hyper's read buffer: gone before the first wait.
         drop(target);
         drop(parts);
-        let wait = limits.upstream_connect_timeout + limits.idle_timeout;
+        let addrs = targets.tried();
+        // Each address tried gets the connect timeout; the answer, the idle timeout.
+        let tries = u32::try_from(addrs.len()).unwrap_or(1);
+        let wait = limits.upstream_connect_timeout * tries + limits.idle_timeout;
         let sent = self
             .upstream
-            .send(addr, out, body, limits.upstream_connect_timeout);
-        let (head, body) = match tokio::time::timeout(wait, sent).await {
+            .send(addrs, out, body, limits.upstream_connect_timeout);
+        let (head, body, used) = match tokio::time::timeout(wait, sent).await {
             Err(_) => {
                 return self.refuse(
                     504,
                     "Gateway timeout",
-                    &format!("{addr} did not answer within {} s", wait.as_secs()),
+                    &format!(
+                        "{host} ({}) did not answer within {} s",
+                        targets.shown(),
+                        wait.as_secs()
+                    ),
                     guard,
                 )
             }
@@ -503,21 +525,24 @@ impl Proxy {
                     504,
                     "Gateway timeout",
                     &format!(
-                        "connecting to {host} ({addr}) took longer than {} s",
+                        "connecting to {host} ({}) took longer than {} s",
+                        targets.shown(),
                         limits.upstream_connect_timeout.as_secs()
                     ),
                     guard,
                 )
             }
             Ok(Err(e)) => {
+                let shown = targets.shown();
                 let why = match &e {
-                    UpError::Connect(_) => format!("cannot connect to {host} ({addr}): {e}"),
-                    _ => format!("the upstream {host} ({addr}) failed: {e}"),
+                    UpError::Connect(_) => format!("cannot connect to {host} ({shown}): {e}"),
+                    _ => format!("the upstream {host} ({shown}) failed: {e}"),
                 };
                 return self.refuse(502, "Bad gateway", &why, guard);
             }
             Ok(Ok(r)) => r,
         };
+        self.connected(host, targets, used, &mut guard);
         // An origin that stops sending mid-body is given up after the idle timeout.
         let body = body.with_stall_limit(limits.idle_timeout);
         let mut resp = Response::new(());
@@ -526,7 +551,6 @@ impl Proxy {
         let (mut parts, ()) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.append(header::VIA, self.via.clone());
-        let mut guard = guard;
         guard.rec.status = parts.status.as_u16();
         guard.rec.content_type = parts
             .headers
@@ -540,36 +564,34 @@ impl Proxy {
     async fn tunnel(
         &self,
         req: Request<Incoming>,
-        addr: SocketAddr,
+        targets: &Targets,
+        host: &str,
         limits: &EffectiveLimits,
         mut guard: RecordGuard,
         hold: Arc<Permit>,
     ) -> Response<ProxyBody> {
-        let tcp = match tokio::time::timeout(
-            limits.upstream_connect_timeout,
-            tokio::net::TcpStream::connect(addr),
-        )
-        .await
-        {
-            Err(_) => {
+        let tcp = match connect_first(targets.tried(), limits.upstream_connect_timeout).await {
+            Err(UpError::ConnectTimeout) => {
                 return self.refuse(
                     504,
                     "Gateway timeout",
-                    &format!("connecting to {addr} timed out"),
+                    &format!("connecting to {} timed out", targets.shown()),
                     guard,
                 )
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 return self.refuse(
                     502,
                     "Bad gateway",
-                    &format!("cannot connect to {addr}: {e}"),
+                    &format!("cannot connect to {}: {e}", targets.shown()),
                     guard,
                 )
             }
-            Ok(Ok(t)) => t,
+            Ok((tcp, used)) => {
+                self.connected(host, targets, used, &mut guard);
+                tcp
+            }
         };
-        let _ = tcp.set_nodelay(true);
         guard.rec.status = 200;
         tokio::spawn(async move {
             let mut tcp = tcp;
@@ -590,6 +612,55 @@ impl Proxy {
         ));
         r.headers_mut().insert(header::VIA, self.via.clone());
         r
+    }
+}
+
+/// Where a request may go: its host's addresses that may be forwarded to, in order.
+struct Targets {
+    /// The first (the one normally used).
+    first: SocketAddr,
+    /// All of them, first included, when the host is a name (an IP literal: None).
+    all: Option<Vec<SocketAddr>>,
+}
+
+impl Targets {
+    fn all(&self) -> &[SocketAddr] {
+        self.all
+            .as_deref()
+            .unwrap_or(std::slice::from_ref(&self.first))
+    }
+
+    /// The addresses a connection is tried to, in order.
+    fn tried(&self) -> &[SocketAddr] {
+        let all = self.all();
+        &all[..all.len().min(MAX_ADDRS)]
+    }
+
+    /// The addresses tried, for a message: `127.0.0.1:80` or `10.0.0.1:80, 10.0.0.2:80`.
+    fn shown(&self) -> String {
+        self.tried()
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl Proxy {
+    /// A connection to `host` was made to `used`: the record names it, and the
+    /// addresses before it (which failed) go to the end of the name's cached list, so
+    /// the next requests do not wait for them first.
+    fn connected(&self, host: &str, targets: &Targets, used: SocketAddr, guard: &mut RecordGuard) {
+        if used != targets.first {
+            guard.rec.peer = Some(used.ip().to_string());
+            let failed: Vec<SocketAddr> = targets
+                .all()
+                .iter()
+                .copied()
+                .take_while(|&a| a != used)
+                .collect();
+            self.dns.demote(host, used.port(), &failed);
+        }
     }
 }
 

@@ -33,6 +33,8 @@ const MAX_HEADERS: usize = 128;
 const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
 /// The first read of a response: most heads, and small bodies with them, fit.
 pub const FIRST_READ: usize = 8 * 1024;
+/// Addresses of one name tried at most, in order, when connecting fails.
+pub const MAX_ADDRS: usize = 3;
 
 /// Why an upstream exchange failed, before any of the response reached the client.
 #[derive(Debug, thiserror::Error)]
@@ -212,13 +214,16 @@ impl Upstream {
         }
     }
 
+    /// A kept-alive connection to the first of `addrs` (unless `fresh`), or a new one
+    /// to the first of them that takes it. (Only the first: a connection to another
+    /// address is made only when the ones before it failed.)
     async fn connect(
         self: &Arc<Self>,
-        addr: SocketAddr,
+        addrs: &[SocketAddr],
         fresh: bool,
         timeout: Duration,
     ) -> Result<Conn, UpError> {
-        if !fresh {
+        if let Some(&addr) = addrs.first().filter(|_| !fresh) {
             if let Some((stream, buf)) = self.take(addr) {
                 return Ok(Conn {
                     stream,
@@ -229,11 +234,7 @@ impl Upstream {
                 });
             }
         }
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| UpError::ConnectTimeout)?
-            .map_err(UpError::Connect)?;
-        let _ = stream.set_nodelay(true);
+        let (stream, addr) = connect_first(addrs, timeout).await?;
         Ok(Conn {
             stream,
             buf: BytesMut::new(),
@@ -243,19 +244,20 @@ impl Upstream {
         })
     }
 
-    /// Send `req` (with `body`) to `addr` and read the response head. A kept-alive
-    /// connection that turns out to be closed is replaced once by a new one when the
-    /// request had no body (nothing of it can have been used).
+    /// Send `req` (with `body`) to the first of `addrs` that takes a connection (see
+    /// [`connect_first`]) and read the response head; also says which address answered.
+    /// A kept-alive connection that turns out to be closed is replaced once by a new one
+    /// when the request had no body (nothing of it can have been used).
     ///
     /// # Errors
     /// See [`UpError`].
     pub async fn send<B>(
         self: &Arc<Self>,
-        addr: SocketAddr,
+        addrs: &[SocketAddr],
         req: Prepared,
         body: B,
         connect_timeout: Duration,
-    ) -> Result<(Head, UpBody), UpError>
+    ) -> Result<(Head, UpBody, SocketAddr), UpError>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
@@ -270,7 +272,7 @@ impl Upstream {
         let mut body = Some(body);
         let mut fresh = false;
         loop {
-            let mut conn = self.connect(addr, fresh, connect_timeout).await?;
+            let mut conn = self.connect(addrs, fresh, connect_timeout).await?;
             // Only a request the origin cannot have acted on is sent again: no body, an
             // idempotent method (RFC 9110 9.2.2), on a connection that was idle.
             let retry_ok = conn.reused && no_body && idempotent;
@@ -303,7 +305,8 @@ impl Upstream {
             };
             match r {
                 Ok((head, buf, framing)) => {
-                    return Ok((head, UpBody::new(conn, buf, framing)));
+                    let addr = conn.addr;
+                    return Ok((head, UpBody::new(conn, buf, framing), addr));
                 }
                 Err(e) if retry_ok && stale(&e) => {
                     fresh = true;
@@ -312,6 +315,33 @@ impl Upstream {
             }
         }
     }
+}
+
+/// A new connection to the first of `addrs` (at most [`MAX_ADDRS`] are tried, in
+/// order) that takes one within `timeout`: a name whose first address is down still
+/// works. The error is the last address's.
+///
+/// # Errors
+/// [`UpError::Connect`] or [`UpError::ConnectTimeout`].
+pub async fn connect_first(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), UpError> {
+    let mut last = UpError::Connect(io::Error::new(
+        io::ErrorKind::NotFound,
+        "no address to connect to",
+    ));
+    for &addr in addrs.iter().take(MAX_ADDRS) {
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, addr));
+            }
+            Ok(Err(e)) => last = UpError::Connect(e),
+            Err(_) => last = UpError::ConnectTimeout,
+        }
+    }
+    Err(last)
 }
 
 /// Whether an idle connection can carry a request: nothing arrived on it since its last

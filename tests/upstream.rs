@@ -38,7 +38,11 @@ struct Script {
 
 impl Script {
     fn start() -> Script {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+        Script::start_on("127.0.0.1")
+    }
+
+    fn start_on(ip: &str) -> Script {
+        let l = TcpListener::bind((ip, 0)).expect("bind origin");
         let addr = l.local_addr().expect("origin address");
         let conns = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -516,4 +520,98 @@ fn bodiless_responses_keep_the_connection_and_odd_heads_are_handled() {
     let c = curl(env.path(), &["-x", &proxy, &origin.url("/big-head")]);
     assert_eq!(c.code, 502, "{c:?}");
     assert!(c.body.contains("larger than"), "{c:?}");
+}
+
+/// Whether nothing listens at `addr` (a connection is refused).
+fn refused(addr: SocketAddr) -> bool {
+    matches!(TcpStream::connect_timeout(&addr, Duration::from_secs(2)),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
+/// A name with several addresses, resolved by the system's resolver from the node's
+/// own `/etc/hosts`: when the first refuses connections, the next one is used (and is
+/// what the access record names), for plain requests and CONNECT alike; when all of
+/// them refuse, the 502 names each address tried.
+#[test]
+fn a_name_whose_first_address_is_down_uses_the_next() {
+    if !is_root() {
+        eprintln!("skipped: needs root (the node gets its own /etc/hosts in a mount namespace)");
+        return;
+    }
+    let env = Env::new();
+    // The origin on 127.0.0.2:P, with nothing on 127.0.0.1:P or 127.0.0.5:P.
+    let origin = (0..10)
+        .map(|_| Script::start_on("127.0.0.2"))
+        .find(|o| {
+            let p = o.addr.port();
+            refused(SocketAddr::from(([127, 0, 0, 1], p)))
+                && refused(SocketAddr::from(([127, 0, 0, 5], p)))
+        })
+        .expect("an origin port that is free on 127.0.0.1 and 127.0.0.5");
+    let port = origin.addr.port();
+    let hosts = env.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        "127.0.0.1 localhost\n127.0.0.1 multi.test\n127.0.0.2 multi.test\n\
+         127.0.0.1 dead.test\n127.0.0.5 dead.test\n",
+    )
+    .expect("write hosts");
+    let files = NodeDir::create(&env, "up-multi", &next_ip(), "");
+    let node = Node::run_with_hosts(files, &hosts);
+    assert_ok(
+        &policy_apply(
+            &env,
+            &node.portal,
+            &format!("rules: []\nconnect: {{ ports: [443, {port}] }}\n"),
+            &[],
+        ),
+        "ssq policy apply",
+    );
+    let proxy = format!("http://{}", node.proxy.clone().expect("a proxy listener"));
+
+    for i in 0..2 {
+        let c = curl(
+            env.path(),
+            &["-x", &proxy, &format!("http://multi.test:{port}/ok")],
+        );
+        assert_eq!(c.code, 200, "request {i}: {c:?}");
+        assert_eq!(c.body, "ok", "request {i}: {c:?}");
+    }
+    // Through a tunnel too (plain HTTP inside CONNECT).
+    let c = curl(
+        env.path(),
+        &["-p", "-x", &proxy, &format!("http://multi.test:{port}/ok")],
+    );
+    assert_eq!((c.connect, c.code), (200, 200), "CONNECT: {c:?}");
+    assert_eq!(c.body, "ok", "CONNECT: {c:?}");
+    assert_eq!(origin.count("/ok"), 3, "every request reached the origin");
+
+    let c = curl(
+        env.path(),
+        &["-x", &proxy, &format!("http://dead.test:{port}/ok")],
+    );
+    assert_eq!(c.code, 502, "{c:?}");
+    for ip in ["127.0.0.1", "127.0.0.5"] {
+        assert!(
+            c.body.contains(&format!("{ip}:{port}")),
+            "the 502 does not name {ip}:{port}: {c:?}"
+        );
+    }
+
+    // The records name the address that answered.
+    let access = eventually(Duration::from_secs(5), "four access.log lines", || {
+        let text = std::fs::read_to_string(node.files.log.join("access.log")).ok()?;
+        (text.lines().count() >= 4).then_some(text)
+    });
+    let multi: Vec<&str> = access
+        .lines()
+        .filter(|l| l.contains("multi.test"))
+        .collect();
+    assert_eq!(multi.len(), 3, "{access}");
+    for l in &multi {
+        assert!(
+            l.contains("HIER_DIRECT/127.0.0.2"),
+            "record names another peer: {l}"
+        );
+    }
 }

@@ -292,9 +292,38 @@ pub struct Node {
 
 /// Spawn `ssqd --config FILE` with stdout piped and stderr in DIR/NAME/ssqd.stderr.
 pub fn spawn_ssqd(config: &Path) -> (Child, Receiver<String>) {
+    spawn_ssqd_with(config, None)
+}
+
+/// Whether this process runs as root (needed for [`Node::run_with_hosts`]).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// As [`spawn_ssqd`]; with `hosts`, ssqd runs in a mount namespace of its own where
+/// that file is `/etc/hosts` (root only): names resolve as the test says, through the
+/// system's real resolver.
+fn spawn_ssqd_with(config: &Path, hosts: Option<&Path>) -> (Child, Receiver<String>) {
     let err_path = config.with_file_name("ssqd.stderr");
     let err = std::fs::File::create(&err_path).expect("stderr file");
-    let mut c = Command::new(SSQD);
+    let mut c = match hosts {
+        None => Command::new(SSQD),
+        Some(h) => {
+            // `exec` keeps the pid: the ready line's pid is still the child's.
+            let mut c = Command::new("unshare");
+            c.args([
+                "--mount",
+                "sh",
+                "-c",
+                "mount --bind \"$1\" /etc/hosts && shift && exec \"$@\"",
+                "sh",
+            ])
+            .arg(h)
+            .arg(SSQD);
+            c
+        }
+    };
     for v in SCRUB {
         c.env_remove(v);
     }
@@ -329,7 +358,17 @@ impl Node {
 
     /// Start ssqd for existing files and wait for its ready line.
     pub fn run(files: NodeDir) -> Node {
-        let (mut child, lines) = spawn_ssqd(&files.config);
+        Node::run_in(files, None)
+    }
+
+    /// As [`Node::run`], with `hosts` as the daemon's `/etc/hosts` (see
+    /// [`spawn_ssqd_with`]; root only).
+    pub fn run_with_hosts(files: NodeDir, hosts: &Path) -> Node {
+        Node::run_in(files, Some(hosts))
+    }
+
+    fn run_in(files: NodeDir, hosts: Option<&Path>) -> Node {
+        let (mut child, lines) = spawn_ssqd_with(&files.config, hosts);
         let deadline = Instant::now() + READY;
         let line = loop {
             match lines.recv_timeout(Duration::from_millis(50)) {
