@@ -500,27 +500,40 @@ impl Proxy {
         // The parsed head pins hyper's read buffer: gone before the first wait.
         drop(target);
         drop(parts);
-        let addrs = targets.tried();
-        // Each address tried gets the connect timeout; the answer, the idle timeout.
-        let tries = u32::try_from(addrs.len()).unwrap_or(1);
-        let wait = limits.upstream_connect_timeout * tries + limits.idle_timeout;
-        let sent = self
-            .upstream
-            .send(addrs, out, body, limits.upstream_connect_timeout);
-        let (head, body, used) = match tokio::time::timeout(wait, sent).await {
-            Err(_) => {
+        // Each wait is bounded (connecting, each part of the upload, the answer's
+        // head), not the whole: a long upload that keeps moving is not cut off.
+        let sent = self.upstream.send(
+            targets.tried(),
+            out,
+            body,
+            limits.upstream_connect_timeout,
+            limits.idle_timeout,
+        );
+        let (head, body, used) = match sent.await {
+            Err(UpError::AnswerTimeout(idle)) => {
                 return self.refuse(
                     504,
                     "Gateway timeout",
                     &format!(
-                        "{host} ({}) did not answer within {} s",
+                        "{host} ({}) did not answer within {} s of the request",
                         targets.shown(),
-                        wait.as_secs()
+                        idle.as_secs()
                     ),
                     guard,
                 )
             }
-            Ok(Err(UpError::ConnectTimeout)) => {
+            Err(e @ UpError::ClientStalled(_)) => {
+                return self.refuse(408, "Request timeout", &e.to_string(), guard)
+            }
+            Err(e @ UpError::UploadStalled(_)) => {
+                return self.refuse(
+                    504,
+                    "Gateway timeout",
+                    &format!("sending to {host} ({}): {e}", targets.shown()),
+                    guard,
+                )
+            }
+            Err(UpError::ConnectTimeout) => {
                 return self.refuse(
                     504,
                     "Gateway timeout",
@@ -532,7 +545,7 @@ impl Proxy {
                     guard,
                 )
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 let shown = targets.shown();
                 let why = match &e {
                     UpError::Connect(_) => format!("cannot connect to {host} ({shown}): {e}"),
@@ -540,7 +553,7 @@ impl Proxy {
                 };
                 return self.refuse(502, "Bad gateway", &why, guard);
             }
-            Ok(Ok(r)) => r,
+            Ok(r) => r,
         };
         self.connected(host, targets, used, &mut guard);
         // An origin that stops sending mid-body is given up after the idle timeout.

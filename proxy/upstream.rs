@@ -54,6 +54,15 @@ pub enum UpError {
     /// The connection closed before a response head.
     #[error("the connection closed before a response")]
     Closed,
+    /// The request was sent but no response head came within the idle timeout.
+    #[error("no answer within {} s", .0.as_secs())]
+    AnswerTimeout(Duration),
+    /// The client sent no part of its request body for the idle timeout.
+    #[error("the client sent no part of its request body for {} s", .0.as_secs())]
+    ClientStalled(Duration),
+    /// The upstream took no part of the request for the idle timeout.
+    #[error("the upstream took no part of the request for {} s", .0.as_secs())]
+    UploadStalled(Duration),
     /// The response is not valid HTTP/1.x.
     #[error("invalid response: {0}")]
     Invalid(String),
@@ -249,6 +258,10 @@ impl Upstream {
     /// A kept-alive connection that turns out to be closed is replaced once by a new one
     /// when the request had no body (nothing of it can have been used).
     ///
+    /// `idle` bounds each wait, not the whole: sending (a long upload takes as long as
+    /// it takes while it moves; one that stops moving for `idle` fails), then the
+    /// answer's head (it must come within `idle` of the request being sent).
+    ///
     /// # Errors
     /// See [`UpError`].
     pub async fn send<B>(
@@ -257,6 +270,7 @@ impl Upstream {
         req: Prepared,
         body: B,
         connect_timeout: Duration,
+        idle: Duration,
     ) -> Result<(Head, UpBody, SocketAddr), UpError>
     where
         B: Body<Data = Bytes> + Unpin,
@@ -277,20 +291,27 @@ impl Upstream {
             // idempotent method (RFC 9110 9.2.2), on a connection that was idle.
             let retry_ok = conn.reused && no_body && idempotent;
             let sent = async {
-                conn.stream.write_all(&head).await.map_err(UpError::Io)?;
+                write_within(&mut conn.stream, &head, idle).await?;
                 if let Some(b) = body.take().filter(|_| !no_body) {
-                    write_body(&mut conn.stream, b, chunked).await?;
+                    write_body(&mut conn.stream, b, chunked, idle).await?;
                 }
                 Ok::<(), UpError>(())
             }
             .await;
             let buf = std::mem::take(&mut conn.buf);
             let r = match sent {
-                Ok(()) => read_head(&mut conn.stream, buf, head_req).await,
+                Ok(()) => {
+                    match tokio::time::timeout(idle, read_head(&mut conn.stream, buf, head_req))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(UpError::AnswerTimeout(idle)),
+                    }
+                }
                 // The origin may have answered before taking the whole body (413, 401)
-                // and closed: its answer, if one came, is what the client gets. The
-                // connection is not reused (the body was cut short).
-                Err(UpError::Io(e)) if !no_body => {
+                // and closed, or stopped reading: its answer, if one came, is what the
+                // client gets. The connection is not reused (the body was cut short).
+                Err(e @ (UpError::Io(_) | UpError::UploadStalled(_))) if !no_body => {
                     let early = tokio::time::timeout(
                         EARLY_ANSWER_WAIT,
                         read_head(&mut conn.stream, buf, head_req),
@@ -298,7 +319,7 @@ impl Upstream {
                     .await;
                     match early {
                         Ok(Ok((head, buf, framing))) => Ok((head, buf, framing.closing())),
-                        _ => Err(UpError::Io(e)),
+                        _ => Err(e),
                     }
                 }
                 Err(e) => Err(e),
@@ -395,14 +416,40 @@ fn request_head(req: &Outgoing<'_>, chunked: bool) -> Vec<u8> {
     out
 }
 
-/// The client's body, as it came (Content-Length) or chunked.
-async fn write_body<B>(stream: &mut TcpStream, mut body: B, chunked: bool) -> Result<(), UpError>
+/// Write all of `data`; failing with [`UpError::UploadStalled`] when the upstream takes
+/// none of it for `idle`.
+async fn write_within(stream: &mut TcpStream, data: &[u8], idle: Duration) -> Result<(), UpError> {
+    let mut rest = data;
+    while !rest.is_empty() {
+        match tokio::time::timeout(idle, stream.write(rest)).await {
+            Err(_) => return Err(UpError::UploadStalled(idle)),
+            Ok(Err(e)) => return Err(UpError::Io(e)),
+            Ok(Ok(0)) => return Err(UpError::Io(io::ErrorKind::WriteZero.into())),
+            Ok(Ok(n)) => rest = &rest[n..],
+        }
+    }
+    Ok(())
+}
+
+/// The client's body, as it came (Content-Length) or chunked. However long it takes,
+/// as long as it moves: a client that sends nothing for `idle`, or an upstream that
+/// takes nothing for `idle`, fails it.
+async fn write_body<B>(
+    stream: &mut TcpStream,
+    mut body: B,
+    chunked: bool,
+    idle: Duration,
+) -> Result<(), UpError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| UpError::ClientBody(e.to_string()))?;
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(UpError::ClientStalled(idle)),
+            Ok(None) => break,
+            Ok(Some(frame)) => frame.map_err(|e| UpError::ClientBody(e.to_string()))?,
+        };
         let Ok(data) = frame.into_data() else {
             continue; // trailers are not forwarded
         };
@@ -411,18 +458,15 @@ where
         }
         if chunked {
             let size = format!("{:x}\r\n", data.len());
-            stream
-                .write_all(size.as_bytes())
-                .await
-                .map_err(UpError::Io)?;
-            stream.write_all(&data).await.map_err(UpError::Io)?;
-            stream.write_all(b"\r\n").await.map_err(UpError::Io)?;
+            write_within(stream, size.as_bytes(), idle).await?;
+            write_within(stream, &data, idle).await?;
+            write_within(stream, b"\r\n", idle).await?;
         } else {
-            stream.write_all(&data).await.map_err(UpError::Io)?;
+            write_within(stream, &data, idle).await?;
         }
     }
     if chunked {
-        stream.write_all(b"0\r\n\r\n").await.map_err(UpError::Io)?;
+        write_within(stream, b"0\r\n\r\n", idle).await?;
     }
     Ok(())
 }

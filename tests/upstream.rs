@@ -6,7 +6,8 @@
 //! origin closed while it sat in the pool is replaced without the client noticing; an
 //! origin that stops mid-body cuts the client off rather than passing a short body as
 //! whole; a silent origin gets 504, one that stalls mid-body is given up after the idle
-//! timeout, a garbled one gets 502.
+//! timeout, a garbled one gets 502; a slow upload that keeps moving is not cut off, a
+//! stalled one is (408 or 504); a name whose first address is down uses the next.
 
 mod util;
 
@@ -614,4 +615,111 @@ fn a_name_whose_first_address_is_down_uses_the_next() {
             "record names another peer: {l}"
         );
     }
+}
+
+/// Send `head` and then `body` in `pieces` parts `gap` apart to the proxy at `proxy`
+/// (host:port), and return the status of its answer (0: none) and the time it took.
+fn trickle(proxy: &str, head: &str, body: &[u8], pieces: usize, gap: Duration) -> (u16, Duration) {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(proxy).expect("connect to the proxy");
+    let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
+    s.write_all(head.as_bytes()).expect("send the head");
+    for part in body.chunks(body.len().div_ceil(pieces.max(1)).max(1)) {
+        std::thread::sleep(gap);
+        if s.write_all(part).is_err() {
+            break; // the proxy answered and closed early: read what it said
+        }
+    }
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, t.elapsed())
+}
+
+/// A long upload that keeps moving is not cut off, however much longer than the
+/// timeouts it takes; one whose client stops sending gets 408 after the idle timeout,
+/// and one whose origin stops reading gets 504.
+#[test]
+fn a_slow_upload_is_not_cut_off_a_stalled_one_is() {
+    let env = Env::new();
+    let origin = Script::start();
+    let (node, _) = gateway(
+        &env,
+        "up-slow",
+        "rules: []\nlimits: { upstream_connect_timeout: 1s, idle_timeout: 1s }\n",
+    );
+    let proxy = node.proxy.clone().expect("a proxy listener");
+    let body = pattern(60_000);
+    let head = |path: &str, len: usize| {
+        format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
+            origin.url(path),
+            origin.addr
+        )
+    };
+
+    // 12 parts 400 ms apart: about 4.8 s, more than both timeouts together.
+    let (status, took) = trickle(
+        &proxy,
+        &head("/slow-up", body.len()),
+        body.as_bytes(),
+        12,
+        Duration::from_millis(400),
+    );
+    assert_eq!(status, 200, "a slow upload was cut off after {took:?}");
+    assert!(took > Duration::from_secs(4), "{took:?}");
+    let (_, got) = origin.last("/slow-up").expect("the origin saw the upload");
+    assert_eq!(got, body.as_bytes(), "the slow upload changed on the way");
+
+    // The client sends a tenth of what it announced, then nothing.
+    let (status, took) = trickle(
+        &proxy,
+        &head("/stalled-up", 10 * body.len()),
+        body.as_bytes(),
+        1,
+        Duration::ZERO,
+    );
+    assert_eq!(status, 408, "a stalled upload after {took:?}");
+    assert!(
+        took < Duration::from_secs(6),
+        "the stall was noticed after {took:?}"
+    );
+    assert_eq!(
+        origin.count("/stalled-up"),
+        0,
+        "a cut-short body reached the origin as whole"
+    );
+
+    // An origin that takes the connection but never reads: once the socket buffers are
+    // full, nothing moves, and the proxy gives up (504 in the record; the client may
+    // see its connection reset, having more to send).
+    let deaf = TcpListener::bind("127.0.0.1:0").expect("bind the deaf origin");
+    let deaf_addr = deaf.local_addr().expect("deaf origin address");
+    std::thread::spawn(move || {
+        let held: Vec<TcpStream> = deaf.incoming().take(1).filter_map(Result::ok).collect();
+        std::thread::sleep(Duration::from_secs(20));
+        drop(held);
+    });
+    let big = vec![b'x'; 48 << 20];
+    let head = format!(
+        "POST http://{deaf_addr}/deaf HTTP/1.1\r\nHost: {deaf_addr}\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    );
+    let (_, took) = trickle(&proxy, &head, &big, 1, Duration::ZERO);
+    assert!(
+        took < Duration::from_secs(10),
+        "the stalled upload took {took:?}"
+    );
+    let line = eventually(Duration::from_secs(5), "the deaf origin's record", || {
+        let text = std::fs::read_to_string(node.files.log.join("access.log")).ok()?;
+        text.lines()
+            .find(|l| l.contains("/deaf"))
+            .map(str::to_string)
+    });
+    assert!(line.contains("/504 "), "{line}");
 }
