@@ -502,14 +502,24 @@ impl Proxy {
         drop(parts);
         // Each wait is bounded (connecting, each part of the upload, the answer's
         // head), not the whole: a long upload that keeps moving is not cut off.
-        let sent = self.upstream.send(
-            targets.tried(),
-            out,
-            body,
-            limits.upstream_connect_timeout,
-            limits.idle_timeout,
-        );
-        let (head, body, used) = match sent.await {
+        let mut used = None;
+        let sent = self
+            .upstream
+            .send(
+                targets.tried(),
+                out,
+                body,
+                limits.upstream_connect_timeout,
+                limits.idle_timeout,
+                &mut used,
+            )
+            .await;
+        // Whatever came of it, a connection made to a later address means the ones
+        // before it failed.
+        if let Some(used) = used {
+            self.connected(host, targets, used, &mut guard);
+        }
+        let (head, body) = match sent {
             Err(UpError::AnswerTimeout(idle)) => {
                 return self.refuse(
                     504,
@@ -517,7 +527,7 @@ impl Proxy {
                     &format!(
                         "{host} ({}) did not answer within {} s of the request",
                         targets.shown(),
-                        idle.as_secs()
+                        idle.as_secs_f64()
                     ),
                     guard,
                 )
@@ -540,7 +550,7 @@ impl Proxy {
                     &format!(
                         "connecting to {host} ({}) took longer than {} s",
                         targets.shown(),
-                        limits.upstream_connect_timeout.as_secs()
+                        limits.upstream_connect_timeout.as_secs_f64()
                     ),
                     guard,
                 )
@@ -555,7 +565,6 @@ impl Proxy {
             }
             Ok(r) => r,
         };
-        self.connected(host, targets, used, &mut guard);
         // An origin that stops sending mid-body is given up after the idle timeout.
         let body = body.with_stall_limit(limits.idle_timeout);
         let mut resp = Response::new(());

@@ -55,13 +55,13 @@ pub enum UpError {
     #[error("the connection closed before a response")]
     Closed,
     /// The request was sent but no response head came within the idle timeout.
-    #[error("no answer within {} s", .0.as_secs())]
+    #[error("no answer within {} s", .0.as_secs_f64())]
     AnswerTimeout(Duration),
     /// The client sent no part of its request body for the idle timeout.
-    #[error("the client sent no part of its request body for {} s", .0.as_secs())]
+    #[error("the client sent no part of its request body for {} s", .0.as_secs_f64())]
     ClientStalled(Duration),
     /// The upstream took no part of the request for the idle timeout.
-    #[error("the upstream took no part of the request for {} s", .0.as_secs())]
+    #[error("the upstream took no part of the request for {} s", .0.as_secs_f64())]
     UploadStalled(Duration),
     /// The response is not valid HTTP/1.x.
     #[error("invalid response: {0}")]
@@ -260,7 +260,8 @@ impl Upstream {
     ///
     /// `idle` bounds each wait, not the whole: sending (a long upload takes as long as
     /// it takes while it moves; one that stops moving for `idle` fails), then the
-    /// answer's head (it must come within `idle` of the request being sent).
+    /// answer's head (it must come within `idle` of the request being sent). `used` is
+    /// set to the address a connection was made to, whatever happens after.
     ///
     /// # Errors
     /// See [`UpError`].
@@ -271,7 +272,8 @@ impl Upstream {
         body: B,
         connect_timeout: Duration,
         idle: Duration,
-    ) -> Result<(Head, UpBody, SocketAddr), UpError>
+        used: &mut Option<SocketAddr>,
+    ) -> Result<(Head, UpBody), UpError>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
@@ -287,6 +289,7 @@ impl Upstream {
         let mut fresh = false;
         loop {
             let mut conn = self.connect(addrs, fresh, connect_timeout).await?;
+            *used = Some(conn.addr);
             // Only a request the origin cannot have acted on is sent again: no body, an
             // idempotent method (RFC 9110 9.2.2), on a connection that was idle.
             let retry_ok = conn.reused && no_body && idempotent;
@@ -326,8 +329,7 @@ impl Upstream {
             };
             match r {
                 Ok((head, buf, framing)) => {
-                    let addr = conn.addr;
-                    return Ok((head, UpBody::new(conn, buf, framing), addr));
+                    return Ok((head, UpBody::new(conn, buf, framing)));
                 }
                 Err(e) if retry_ok && stale(&e) => {
                     fresh = true;

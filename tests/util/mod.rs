@@ -295,15 +295,30 @@ pub fn spawn_ssqd(config: &Path) -> (Child, Receiver<String>) {
     spawn_ssqd_with(config, None)
 }
 
-/// Whether this process runs as root (needed for [`Node::run_with_hosts`]).
-pub fn is_root() -> bool {
+/// Whether ssqd can be given its own `/etc/hosts` ([`Node::run_with_hosts`]): root,
+/// allowed to make a mount namespace and bind-mount in it (a container without
+/// CAP_SYS_ADMIN is not).
+pub fn can_replace_hosts() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    let root = unsafe { libc::geteuid() == 0 };
+    root && Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount --bind /etc/hosts /etc/hosts",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// As [`spawn_ssqd`]; with `hosts`, ssqd runs in a mount namespace of its own where
-/// that file is `/etc/hosts` (root only): names resolve as the test says, through the
-/// system's real resolver.
+/// that file is `/etc/hosts` (see [`can_replace_hosts`]): names resolve as the test
+/// says, through the system's real resolver (no nscd runs on the test machines).
 fn spawn_ssqd_with(config: &Path, hosts: Option<&Path>) -> (Child, Receiver<String>) {
     let err_path = config.with_file_name("ssqd.stderr");
     let err = std::fs::File::create(&err_path).expect("stderr file");
@@ -314,6 +329,8 @@ fn spawn_ssqd_with(config: &Path, hosts: Option<&Path>) -> (Child, Receiver<Stri
             let mut c = Command::new("unshare");
             c.args([
                 "--mount",
+                "--propagation",
+                "private",
                 "sh",
                 "-c",
                 "mount --bind \"$1\" /etc/hosts && shift && exec \"$@\"",
