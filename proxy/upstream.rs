@@ -254,8 +254,7 @@ impl Upstream {
     }
 
     /// Send `req` (with `body`) to the first of `addrs` that takes a connection (see
-    /// [`connect_first`]) and read the response head; also says which address answered.
-    /// A kept-alive connection that turns out to be closed is replaced once by a new one
+    /// [`connect_first`]) and read the response head. A kept-alive connection that turns out to be closed is replaced once by a new one
     /// when the request had no body (nothing of it can have been used).
     ///
     /// `idle` bounds each wait, not the whole: sending (a long upload takes as long as
