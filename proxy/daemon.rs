@@ -464,7 +464,10 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                             drop(watcher);
                             let idle_io = crate::idle::IdleIo::new(tcp, limits.idle_timeout);
                             let waiting = idle_io.waiting();
-                            let (io, findings) = crate::framing::Framing::new(idle_io);
+                            let (io, findings) = crate::framing::Framing::new(idle_io, limits.header_read_timeout);
+                            // The head timeout is the scan's: from a head's first byte,
+                            // not from the end of the previous response.
+                            b.header_read_timeout(None);
                             let index = Arc::new(std::sync::atomic::AtomicU64::new(0));
                             let p = proxy.clone();
                             let permit = Arc::new(permit);

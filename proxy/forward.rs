@@ -22,6 +22,7 @@ use crate::accesslog::AccessLog;
 use crate::active::ActivePolicy;
 use crate::connlimit::Permit;
 use crate::dnscache::DnsCache;
+use crate::framing::HeadTimeout;
 use crate::node::Node;
 use crate::pages;
 use crate::tracked::{CountIo, ProxyBody, RecordGuard, Tracked};
@@ -210,20 +211,28 @@ impl Proxy {
     }
 
     /// Record a request that hyper refused while parsing it (the client got hyper's
-    /// 400 or 431): it never reached `handle`, but it is a request all the same.
+    /// 400 or 431), or whose head did not arrive in time (408, from `framing`): it never
+    /// reached `handle`, but it is a request all the same.
     pub fn parse_refused(&self, client: SocketAddr, e: &hyper::Error) {
-        if !(e.is_parse() || e.is_parse_too_large()) {
-            return;
-        }
+        let late = std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<HeadTimeout>());
+        let (status, rule) = match late {
+            Some(t) => (408, format!("header_read_timeout: {t}")),
+            None if e.is_parse_too_large() => (431, format!("malformed request: {e}")),
+            None if e.is_parse() => (400, format!("malformed request: {e}")),
+            None => return,
+        };
         let rec = AccessRecord {
             time_ms: now_ms(),
             node: self.node.files.startup.node.clone(),
             client: client.ip().to_string(),
             method: "-".into(),
             url: "-".into(),
-            status: if e.is_parse_too_large() { 431 } else { 400 },
+            status,
             action: "blocked".into(),
-            rule: Some(format!("malformed request: {e}")),
+            rule: Some(rule),
             ..AccessRecord::default()
         };
         self.log.record(rec);

@@ -8,6 +8,16 @@
 //! Only heads are scanned: a body with a Content-Length is skipped by count; after a
 //! chunked body or a CONNECT the scan stops for the rest of the connection (a chunked
 //! body cannot hide a second head from hyper without itself being malformed).
+//!
+//! The scan also bounds how long a head may take to arrive (`header_read_timeout`,
+//! against slowloris): from its first byte, not from the end of the previous response,
+//! so a kept-alive connection may sit idle for the idle timeout between requests (hyper's
+//! own header timer starts as soon as it waits for a head, which would close idle
+//! connections after the shorter header timeout). A head still incomplete at the
+//! deadline gets a 408 and the connection is closed; the error carries [`HeadTimeout`]
+//! so the proxy records it. It costs nothing while heads arrive whole in one read. Once
+//! the scan has stopped (after a chunked body), later heads on that connection are
+//! bounded by the idle timeout only.
 
 use std::collections::HashSet;
 use std::io;
@@ -16,7 +26,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use std::future::Future;
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// What a client gets whose request head did not arrive in time.
+const TIMEOUT_ANSWER: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// The error a read fails with when a request head took longer than the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the request head did not arrive within {} s", .0.as_secs_f64())]
+pub struct HeadTimeout(pub Duration);
 
 /// The bytes of a line the scan keeps.
 const LINE_MAX: usize = 64;
@@ -83,6 +106,11 @@ impl Scan {
             transfer_encoding: false,
             connect: false,
         }
+    }
+
+    /// Whether part of a head has arrived but not its end.
+    fn head_open(&self) -> bool {
+        matches!(self.state, State::Head) && (!self.first_line || !self.line.is_empty())
     }
 
     fn feed(&mut self, mut data: &[u8], findings: &Findings) {
@@ -185,39 +213,91 @@ pub struct Framing<T> {
     scan: Scan,
     /// Shared with the handler.
     findings: Arc<Findings>,
+    /// The longest a head may take from its first byte.
+    head_limit: Duration,
+    /// When the head now arriving was first seen incomplete.
+    head_since: Option<Instant>,
+    /// Fires at `head_since + head_limit` (made the first time a head arrives slowly).
+    head_timer: Option<Pin<Box<Sleep>>>,
+    /// The head was late: every read fails from now on.
+    timed_out: bool,
 }
 
 impl<T> Framing<T> {
-    /// Wrap `inner`; the handler reads `findings`.
-    pub fn new(inner: T) -> (Self, Arc<Findings>) {
+    /// Wrap `inner`; the handler reads `findings`. A head must arrive within
+    /// `head_limit` of its first byte.
+    pub fn new(inner: T, head_limit: Duration) -> (Self, Arc<Findings>) {
         let findings = Arc::new(Findings::default());
         (
             Framing {
                 inner,
                 scan: Scan::new(),
                 findings: findings.clone(),
+                head_limit,
+                head_since: None,
+                head_timer: None,
+                timed_out: false,
             },
             findings,
         )
     }
+
+    /// Ready once the head now arriving is late.
+    fn poll_head_late(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(since) = self.head_since else {
+            return Poll::Pending;
+        };
+        let due = since + self.head_limit;
+        let timer = self
+            .head_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
+        timer.as_mut().poll(cx)
+    }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Framing<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Framing<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            let me = &mut *self;
-            if !matches!(me.scan.state, State::Stopped) {
-                me.scan.feed(&buf.filled()[before..], &me.findings);
-            }
+        let me = &mut *self;
+        if me.timed_out {
+            return Poll::Ready(Err(late(me.head_limit)));
         }
-        r
+        let before = buf.filled().len();
+        let r = Pin::new(&mut me.inner).poll_read(cx, buf);
+        match r {
+            Poll::Ready(Ok(())) => {
+                if !matches!(me.scan.state, State::Stopped) {
+                    me.scan.feed(&buf.filled()[before..], &me.findings);
+                    // Heads that arrive whole in one read never touch the clock.
+                    if !me.scan.head_open() {
+                        me.head_since = None;
+                    } else if me.head_since.is_none() {
+                        me.head_since = Some(Instant::now());
+                    }
+                }
+                r
+            }
+            Poll::Pending if me.poll_head_late(cx).is_ready() => {
+                // Nothing of a response can be on the way (its request is not in):
+                // the 408 goes out as far as the socket takes it, then the close.
+                let _ = Pin::new(&mut me.inner).poll_write(cx, TIMEOUT_ANSWER);
+                me.timed_out = true;
+                Poll::Ready(Err(late(me.head_limit)))
+            }
+            r => r,
+        }
     }
+}
+
+/// The read error of a late head.
+fn late(limit: Duration) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, HeadTimeout(limit))
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Framing<T> {
@@ -295,5 +375,56 @@ POST http://a/ HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r
         let f = scan(&input, 4);
         assert!(!f.is_ambiguous(0));
         assert!(!f.is_ambiguous(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_must_arrive_within_the_limit_from_its_first_byte() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (a, mut client) = tokio::io::duplex(1024);
+        let (mut io, _) = Framing::new(a, Duration::from_secs(10));
+        let mut buf = [0u8; 256];
+
+        // Quiet between requests for longer than the limit: not a late head.
+        let quiet = tokio::time::timeout(Duration::from_secs(30), io.read(&mut buf)).await;
+        assert!(
+            quiet.is_err(),
+            "an idle connection was cut by the head timeout"
+        );
+
+        // A whole head, in pieces, within the limit: read as it comes.
+        client
+            .write_all(b"GET http://a/ HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        client.write_all(b"Host: a\r\n\r\n").await.unwrap();
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        // ...and the limit starts again with the next head's first byte only.
+        let quiet = tokio::time::timeout(Duration::from_secs(30), io.read(&mut buf)).await;
+        assert!(quiet.is_err(), "the finished head's deadline still ran");
+
+        // A head trickled past the limit: 408, then every read fails.
+        client
+            .write_all(b"GET http://a/ HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(4)).await;
+            client.write_all(b"X-Slow: 1\r\n").await.unwrap();
+            match io.read(&mut buf).await {
+                Ok(n) => assert!(n > 0),
+                Err(e) => {
+                    assert!(e.get_ref().is_some_and(|e| e.is::<HeadTimeout>()), "{e}");
+                    break;
+                }
+            }
+        }
+        let e = io.read(&mut buf).await.unwrap_err();
+        assert!(e.get_ref().is_some_and(|e| e.is::<HeadTimeout>()), "{e}");
+        let mut answer = [0u8; 12];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 408");
     }
 }

@@ -5,8 +5,9 @@
 //! hop-by-hop headers stripped, `Via` added), enforcement (block page 451, client access
 //! 403, CONNECT ports, a policy change applied on the next request of an open keep-alive
 //! connection, fail closed without a policy), refusals (smuggling, Host mismatch, loops,
-//! link-local, unreachable upstreams), connection limits, and one access.log line per
-//! request in Squid's native format.
+//! link-local, unreachable upstreams), connection limits, the header read timeout
+//! (slowloris gets 408; an idle keep-alive connection waits for the idle timeout), and
+//! one access.log line per request in Squid's native format.
 
 mod util;
 
@@ -1000,4 +1001,63 @@ fn per_client_connection_limit_answers_429_and_records_it() {
         },
     );
     assert_eq!(served.body, ORIGIN_BODY);
+}
+
+/// The header read timeout counts from a head's first byte: a kept-alive connection
+/// quiet for longer than it (but less than the idle timeout) still serves its next
+/// request; a head trickled in slower than it (slowloris) gets 408, is recorded, and
+/// never reaches the origin.
+#[test]
+fn slow_heads_get_408_and_idle_keep_alive_waits_for_idle_timeout() {
+    let env = Env::new();
+    let origin = Origin::start();
+    let node = gateway(
+        &env,
+        "gw-heads",
+        Some("rules: []\nlimits: { header_read_timeout: 1s, idle_timeout: 6s }\n"),
+    );
+    let proxy = proxy_of(&node);
+    let host = origin.hostport();
+    let req = |path: &str| format!("GET http://{host}{path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+
+    let mut conn = Raw::connect(&proxy);
+    conn.send(&req("/before-quiet"));
+    assert_eq!(conn.response(false).status, 200);
+    // Quiet for twice the header timeout: still open, still served.
+    assert!(
+        !conn.closed_within(Duration::from_millis(2500)),
+        "an idle keep-alive connection was closed by the header read timeout"
+    );
+    conn.send(&req("/after-quiet"));
+    let r = conn.response(false);
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // A head trickled in, a line every 400 ms, that is still not whole after 1 s.
+    let mut slow = Raw::connect(&proxy);
+    let t = Instant::now();
+    slow.send(&format!("GET http://{host}/slowloris HTTP/1.1\r\n"));
+    for i in 0..2 {
+        std::thread::sleep(Duration::from_millis(400));
+        slow.send(&format!("X-Slow-{i}: 1\r\n"));
+    }
+    let r = slow.response(false);
+    assert_eq!(r.status, 408, "{r:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "the 408 came after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        slow.closed_within(Duration::from_secs(2)),
+        "still open after the 408"
+    );
+    assert!(
+        origin.head_for("/slowloris").is_none(),
+        "the slow head was forwarded"
+    );
+    eventually(Duration::from_secs(5), "the 408's access.log line", || {
+        access_lines(&node)
+            .into_iter()
+            .find(|l| l.contains("/408 "))
+    });
 }
