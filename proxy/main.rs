@@ -24,6 +24,7 @@ mod slave;
 mod sync_api;
 mod tracked;
 mod upbody;
+mod upload;
 mod upstream;
 
 use std::path::PathBuf;

@@ -4,7 +4,9 @@
 //! body streams through a few tens of KiB. When the body ends cleanly on a connection
 //! that may be kept alive, the connection goes back to the pool. An upstream that stops
 //! sending mid-body for longer than the stall limit fails the body (the client's
-//! connection is closed) instead of holding both connections open forever.
+//! connection is closed) instead of holding both connections open forever. When the
+//! answer came before the whole request body, the rest of the upload is driven from
+//! here too, between reads, on a connection that is then not kept.
 
 use std::future::Future;
 use std::io;
@@ -15,6 +17,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 
+use crate::upload::Upload;
 use crate::upstream::Conn;
 
 /// The most read from the upstream socket at once.
@@ -80,6 +83,9 @@ pub struct UpBody {
     last: tokio::time::Instant,
     /// Armed at the first read that has to wait; re-armed only when it fires early.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The rest of the request body, when the answer came before all of it: it goes on
+    /// being sent while the answer is read.
+    upload: Option<Upload>,
 }
 
 fn bad(msg: &str) -> io::Error {
@@ -102,6 +108,7 @@ impl UpBody {
             stall: None,
             last: tokio::time::Instant::now(),
             timer: None,
+            upload: None,
         };
         // A body of nothing may never be polled: the connection is free at once.
         if matches!(body.state, State::Length(0)) {
@@ -115,6 +122,31 @@ impl UpBody {
         self.stall = Some(limit);
         self.last = tokio::time::Instant::now();
         self
+    }
+
+    /// Go on sending the rest of the request body (see `upload`) while the answer is
+    /// read; the connection is not kept afterwards.
+    pub fn with_upload(mut self, upload: Option<Upload>) -> UpBody {
+        if upload.is_some() {
+            self.keep = false;
+            self.upload = upload;
+        }
+        self
+    }
+
+    /// Move the rest of the upload on, if there is one. Once it fails (the client or
+    /// the origin stopped), it is dropped: the answer still goes to the client.
+    fn poll_upload(&mut self, cx: &mut Context<'_>) {
+        let Some(up) = self.upload.as_mut() else {
+            return;
+        };
+        let moving = match self.conn.as_mut() {
+            Some(conn) => up.poll(&mut conn.stream, cx).is_pending(),
+            None => false,
+        };
+        if !moving {
+            self.upload = None;
+        }
     }
 
     /// The body ended cleanly: the connection goes back to the pool if it can.
@@ -339,6 +371,7 @@ impl Body for UpBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
+        this.poll_upload(cx);
         match this.step(cx) {
             Ok(Some(d)) => Poll::Ready(Some(Ok(Frame::data(d)))),
             Ok(None) => Poll::Ready(None),

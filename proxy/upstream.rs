@@ -1,25 +1,30 @@
 //! The proxy's HTTP/1.1 client to origin servers: a pool of kept-alive upstream
 //! connections, the request written in origin-form, and the response head read and
-//! checked (RFC 9112). The response body is read by `upbody::UpBody` in the task that
-//! serves the client, straight from the upstream socket into one bounded buffer: no
-//! connection task, no channel and no buffer that grows with the body, so a request
-//! costs little CPU and a connection little memory.
+//! checked (RFC 9112). The request body is sent (`upload::Upload`) while the answer's
+//! head is awaited, so an origin that answers early is heard at once. The response
+//! body is read by `upbody::UpBody` in the task that serves the client, straight from
+//! the upstream socket into one bounded buffer: no connection task, no channel and no
+//! buffer that grows with the body, so a request costs little CPU and a connection
+//! little memory.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
-use http_body_util::BodyExt;
 use hyper::body::Body;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::upbody::{Framing, UpBody};
+use crate::upload::Upload;
 
 /// Idle upstream connections kept per origin address.
 const MAX_IDLE_PER_ADDR: usize = 256;
@@ -274,7 +279,7 @@ impl Upstream {
         used: &mut Option<SocketAddr>,
     ) -> Result<(Head, UpBody), UpError>
     where
-        B: Body<Data = Bytes> + Unpin,
+        B: Body<Data = Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
     {
         let Prepared {
@@ -292,43 +297,30 @@ impl Upstream {
             // Only a request the origin cannot have acted on is sent again: no body, an
             // idempotent method (RFC 9110 9.2.2), on a connection that was idle.
             let retry_ok = conn.reused && no_body && idempotent;
-            let sent = async {
-                write_within(&mut conn.stream, &head, idle).await?;
-                if let Some(b) = body.take().filter(|_| !no_body) {
-                    write_body(&mut conn.stream, b, chunked, idle).await?;
-                }
-                Ok::<(), UpError>(())
-            }
-            .await;
             let buf = std::mem::take(&mut conn.buf);
-            let r = match sent {
-                Ok(()) => {
+            let sent = write_within(&mut conn.stream, &head, idle).await;
+            let upload = body
+                .take()
+                .filter(|_| !no_body)
+                .map(|b| Upload::new(b, chunked, idle));
+            let r = match (sent, upload) {
+                (Err(e), _) => Err(e),
+                (Ok(()), None) => {
                     match tokio::time::timeout(idle, read_head(&mut conn.stream, buf, head_req))
                         .await
                     {
-                        Ok(r) => r,
+                        Ok(r) => r.map(|(h, b, f)| (h, b, f, None)),
                         Err(_) => Err(UpError::AnswerTimeout(idle)),
                     }
                 }
-                // The origin may have answered before taking the whole body (413, 401)
-                // and closed, or stopped reading: its answer, if one came, is what the
-                // client gets. The connection is not reused (the body was cut short).
-                Err(e @ (UpError::Io(_) | UpError::UploadStalled(_))) if !no_body => {
-                    let early = tokio::time::timeout(
-                        EARLY_ANSWER_WAIT,
-                        read_head(&mut conn.stream, buf, head_req),
-                    )
-                    .await;
-                    match early {
-                        Ok(Ok((head, buf, framing))) => Ok((head, buf, framing.closing())),
-                        _ => Err(e),
-                    }
+                (Ok(()), Some(upload)) => {
+                    upload_and_answer(&mut conn.stream, upload, buf, head_req, idle).await
                 }
-                Err(e) => Err(e),
             };
             match r {
-                Ok((head, buf, framing)) => {
-                    return Ok((head, UpBody::new(conn, buf, framing)));
+                Ok((head, buf, framing, upload)) => {
+                    let body = UpBody::new(conn, buf, framing);
+                    return Ok((head, body.with_upload(upload)));
                 }
                 Err(e) if retry_ok && stale(&e) => {
                     fresh = true;
@@ -337,6 +329,67 @@ impl Upstream {
             }
         }
     }
+}
+
+/// What [`upload_and_answer`] gives: the answer's head, the bytes read past it, its
+/// framing, and the rest of the upload when the answer came before all of it.
+type Answered = (Head, BytesMut, Framing, Option<Upload>);
+
+/// Send the request body while waiting for the answer's head: whichever comes first,
+/// the other goes on. An answer that comes first (an origin that answers early, or
+/// streams its answer while it reads) is returned with the rest of the upload, on a
+/// connection that is not kept. When the upload fails (the origin closed, or stopped
+/// reading), the origin's answer, if one comes within [`EARLY_ANSWER_WAIT`], is what
+/// the client gets; otherwise the upload's error. Once the upload is done, the answer
+/// must come within `idle`.
+async fn upload_and_answer(
+    stream: &mut TcpStream,
+    upload: Upload,
+    buf: BytesMut,
+    head_req: bool,
+    idle: Duration,
+) -> Result<Answered, UpError> {
+    let (mut rd, mut wr) = stream.split();
+    let mut reading = std::pin::pin!(read_head(&mut rd, buf, head_req));
+    let mut upload = Some(upload);
+    let mut failed: Option<UpError> = None;
+    let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Some(up) = upload.as_mut().filter(|u| !u.done()) {
+            match up.poll(&mut wr, cx) {
+                Poll::Ready(Ok(())) => deadline = Some(Box::pin(tokio::time::sleep(idle))),
+                // The client's own failures are answered to the client.
+                Poll::Ready(Err(e @ (UpError::ClientStalled(_) | UpError::ClientBody(_)))) => {
+                    return Poll::Ready(Err(e))
+                }
+                Poll::Ready(Err(e)) => {
+                    upload = None;
+                    failed = Some(e);
+                    deadline = Some(Box::pin(tokio::time::sleep(EARLY_ANSWER_WAIT)));
+                }
+                Poll::Pending => {}
+            }
+        }
+        if let Poll::Ready(r) = reading.as_mut().poll(cx) {
+            let (head, buf, framing) = match r {
+                Ok(answer) => answer,
+                Err(e) => return Poll::Ready(Err(failed.take().unwrap_or(e))),
+            };
+            // The answer came before the whole upload (or the upload failed): the
+            // connection is not kept.
+            let rest = upload.take().filter(|u| !u.done());
+            let whole = rest.is_none() && failed.is_none();
+            let framing = if whole { framing } else { framing.closing() };
+            return Poll::Ready(Ok((head, buf, framing, rest)));
+        }
+        match deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => {
+                Poll::Ready(Err(failed.take().unwrap_or(UpError::AnswerTimeout(idle))))
+            }
+            _ => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// A new connection to the first of `addrs` (at most [`MAX_ADDRS`] are tried, in
@@ -432,48 +485,12 @@ async fn write_within(stream: &mut TcpStream, data: &[u8], idle: Duration) -> Re
     Ok(())
 }
 
-/// The client's body, as it came (Content-Length) or chunked. However long it takes,
-/// as long as it moves: a client that sends nothing for `idle`, or an upstream that
-/// takes nothing for `idle`, fails it.
-async fn write_body<B>(
-    stream: &mut TcpStream,
-    mut body: B,
-    chunked: bool,
-    idle: Duration,
-) -> Result<(), UpError>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
-{
-    loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => return Err(UpError::ClientStalled(idle)),
-            Ok(None) => break,
-            Ok(Some(frame)) => frame.map_err(|e| UpError::ClientBody(e.to_string()))?,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers are not forwarded
-        };
-        if data.is_empty() {
-            continue;
-        }
-        if chunked {
-            let size = format!("{:x}\r\n", data.len());
-            write_within(stream, size.as_bytes(), idle).await?;
-            write_within(stream, &data, idle).await?;
-            write_within(stream, b"\r\n", idle).await?;
-        } else {
-            write_within(stream, &data, idle).await?;
-        }
-    }
-    if chunked {
-        write_within(stream, b"0\r\n\r\n", idle).await?;
-    }
-    Ok(())
-}
-
 /// Read from `stream` into `buf` (at least `room` bytes of space); 0 at the end.
-async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
+async fn read_some<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    room: usize,
+) -> io::Result<usize> {
     buf.reserve(room);
     // `poll_read` underneath: a short read marks the socket drained, so the next read
     // waits for it rather than trying it first.
@@ -482,8 +499,8 @@ async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, room: usize) -> i
 
 /// Read and parse the response head (skipping 1xx interim responses) into `buf`;
 /// returns the head, the bytes read past it, and how the body is framed.
-async fn read_head(
-    stream: &mut TcpStream,
+async fn read_head<R: AsyncRead + Unpin>(
+    stream: &mut R,
     mut buf: BytesMut,
     head_req: bool,
 ) -> Result<(Head, BytesMut, Framing), UpError> {

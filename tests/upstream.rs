@@ -7,7 +7,8 @@
 //! origin that stops mid-body cuts the client off rather than passing a short body as
 //! whole; a silent origin gets 504, one that stalls mid-body is given up after the idle
 //! timeout, a garbled one gets 502; a slow upload that keeps moving is not cut off, a
-//! stalled one is (408 or 504); a name whose first address is down uses the next.
+//! stalled one is (408 or 504); a name whose first address is down uses the next; an
+//! answer streams while the upload goes on, and an early 413 is heard at once.
 
 mod util;
 
@@ -724,4 +725,133 @@ fn a_slow_upload_is_not_cut_off_a_stalled_one_is() {
             .map(str::to_string)
     });
     assert!(line.contains("/504 "), "{line}");
+}
+
+/// An origin for one request: it reads the head, then calls `then` with the socket,
+/// the head, and the body bytes that came with the head.
+fn one_request_origin(
+    then: impl FnOnce(TcpStream, String, Vec<u8>) + Send + 'static,
+) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind the origin");
+    let addr = l.local_addr().expect("origin address");
+    std::thread::spawn(move || {
+        let Some(Ok(mut s)) = l.incoming().next() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        let end = loop {
+            if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match std::io::Read::read(&mut s, &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&got[..end]).into_owned();
+        then(s, head, got[end..].to_vec());
+    });
+    addr
+}
+
+/// The Content-Length of a request head (0 without one).
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The proxy sends the upload and reads the answer at the same time: an origin that
+/// streams its answer while it reads a large upload gets all of it (were the two done
+/// one after the other, both sides would wait on full socket buffers until the idle
+/// timeout), and an origin that answers at once without reading (413) is heard at
+/// once, not after the idle timeout.
+#[test]
+fn an_answer_flows_while_the_upload_goes_on() {
+    let env = Env::new();
+    let (_node, proxy) = gateway(
+        &env,
+        "up-duplex",
+        "rules: []\nlimits: { idle_timeout: 4s }\n",
+    );
+    // Far more than the socket buffers of both connections hold.
+    let size = 32 << 20;
+    let upload = env.path().join("duplex.txt");
+    std::fs::write(&upload, pattern(size)).expect("write the upload");
+    let data = format!("@{}", upload.display());
+
+    // Echoes each part of the upload as it reads it, under a head sent at once.
+    let echo = one_request_origin(|mut s, head, first| {
+        let len = content_length(&head);
+        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+        if s.write_all(answer.as_bytes()).is_err() || s.write_all(&first).is_err() {
+            return;
+        }
+        let mut echoed = first.len();
+        let mut buf = vec![0u8; 64 * 1024];
+        while echoed < len {
+            match std::io::Read::read(&mut s, &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                    echoed += n;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    });
+    let c = curl(
+        env.path(),
+        &[
+            "-x",
+            &proxy,
+            "--data-binary",
+            &data,
+            &format!("http://{echo}/echo"),
+        ],
+    );
+    assert_eq!(
+        c.code,
+        200,
+        "curl exit {:?}: {}",
+        c.out.status.code(),
+        stderr(&c.out)
+    );
+    assert_eq!(c.body.len(), size, "the streamed answer was cut short");
+    assert!(
+        c.body == pattern(size),
+        "the streamed answer changed on the way"
+    );
+
+    // Answers 413 at once and never reads the upload.
+    let refuse = one_request_origin(|mut s, _, _| {
+        let _ = s.write_all(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
+        );
+        std::thread::sleep(Duration::from_secs(10));
+    });
+    let t = Instant::now();
+    let c = curl(
+        env.path(),
+        &[
+            "-x",
+            &proxy,
+            "--data-binary",
+            &data,
+            &format!("http://{refuse}/up"),
+        ],
+    );
+    let took = t.elapsed();
+    assert_eq!(c.code, 413, "{:?} {}", c.out.status.code(), stderr(&c.out));
+    assert_eq!(c.body, "too large");
+    assert!(
+        took < Duration::from_secs(3),
+        "the early answer waited {took:?} (the idle timeout is 4 s)"
+    );
 }
