@@ -5,8 +5,11 @@
 //! (fail closed). Every request, refused or served, ends in one access record. Names
 //! are resolved through a cache (`dnscache`).
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -14,6 +17,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use ssq::accessrecord::AccessRecord;
 use ssq::policy::{EffectiveLimits, Request as PolicyRequest, Verdict};
@@ -25,8 +29,10 @@ use crate::dnscache::DnsCache;
 use crate::framing::HeadTimeout;
 use crate::node::Node;
 use crate::pages;
-use crate::tracked::{CountIo, ProxyBody, RecordGuard, Tracked};
-use crate::upstream::{connect_first, Outgoing, Prepared, UpError, Upstream, MAX_ADDRS};
+use crate::tracked::{CountIo, Counted, ProxyBody, RecordGuard, Tracked};
+use crate::upbody::UpBody;
+use crate::upstream::{connect_first, Head, Outgoing, Prepared, UpError, Upstream, MAX_ADDRS};
+use tokio::net::TcpStream;
 
 /// The proxy of one node.
 pub struct Proxy {
@@ -241,15 +247,35 @@ impl Proxy {
     /// Serve one client request; `ambiguous`: its head had both Content-Length and
     /// Transfer-Encoding, or two Content-Lengths (see `framing`). `waiting` marks the
     /// client's connection busy (not idle) until the response head is ready.
-    pub async fn handle(
+    ///
+    /// Everything decided without waiting (the checks, the policy, the refusals, the
+    /// upstream request's head) is done here, before the future exists: what the
+    /// future keeps across its waits is only what the waits need. hyper stores and
+    /// moves the future of every request; a smaller one is less to copy and less memory
+    /// per open connection.
+    pub fn handle(
         self: Arc<Self>,
         client: SocketAddr,
         ambiguous: bool,
         hold: Arc<Permit>,
         req: Request<Incoming>,
         waiting: crate::idle::Waiting,
-    ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-        let _waiting = waiting;
+    ) -> Handling<impl Future<Output = Response<ProxyBody>> + Send> {
+        match self.step(client, ambiguous, hold, req, waiting) {
+            Step::Answer(resp) => Handling::Answer { resp: Some(resp) },
+            Step::Go(job) => Handling::Go { fut: self.go(job) },
+        }
+    }
+
+    /// The record of `req`, and what comes of it short of any wait.
+    fn step(
+        &self,
+        client: SocketAddr,
+        ambiguous: bool,
+        hold: Arc<Permit>,
+        req: Request<Incoming>,
+        waiting: crate::idle::Waiting,
+    ) -> Step {
         let start = Instant::now();
         let is_connect = req.method() == Method::CONNECT;
         let url = if is_connect {
@@ -273,7 +299,7 @@ impl Proxy {
             rec.action = "blocked".into();
             let guard = RecordGuard::new(rec, start, self.log.clone());
             let name = &self.node.files.startup.node;
-            return Ok(self.refuse(
+            return Step::Answer(self.refuse(
                 503,
                 "This gateway has no policy yet",
                 &format!("{name} has not received a policy from its master, so it refuses all traffic (fail closed). Ask your administrator to check it with: ssq status --node {name}"),
@@ -282,54 +308,55 @@ impl Proxy {
         };
         rec.revision = active.doc.info.revision;
         let guard = RecordGuard::new(rec, start, self.log.clone());
-        Ok(self
-            .decide_and_forward(active, client, ambiguous, hold, req, guard)
-            .await)
+        self.decide(active, client, ambiguous, hold, req, guard, waiting)
     }
 
-    async fn decide_and_forward(
+    /// The checks and the policy's verdict: a page of our own, or a job to do.
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
         &self,
         active: Arc<ActivePolicy>,
         client: SocketAddr,
         ambiguous: bool,
         hold: Arc<Permit>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         mut guard: RecordGuard,
-    ) -> Response<ProxyBody> {
+        waiting: crate::idle::Waiting,
+    ) -> Step {
         // Framing that two parsers could read differently is refused outright.
         if ambiguous {
             guard.rec.action = "blocked".into();
-            return self.refuse(400, "Bad request", "ambiguous message framing (Content-Length with Transfer-Encoding, or two Content-Lengths)", guard);
+            return Step::Answer(self.refuse(400, "Bad request", "ambiguous message framing (Content-Length with Transfer-Encoding, or two Content-Lengths)", guard));
         }
         // Our own Via on an incoming request: it went round (e.g. through a name or an
         // interface address of this node) — a loop.
         if via_names(req.headers(), &self.via) {
             guard.rec.action = "blocked".into();
-            return self.refuse(
+            return Step::Answer(self.refuse(
                 508,
                 "Loop detected",
                 "this request has passed through this proxy already (its Via header names it)",
                 guard,
-            );
+            ));
         }
         let is_connect = req.method() == Method::CONNECT;
         let Some((host, port)) = target(req.uri(), is_connect) else {
             guard.rec.action = "blocked".into();
-            return self.refuse(
+            return Step::Answer(self.refuse(
                 400,
                 "Bad request",
                 "this is a forward proxy: send absolute-form requests (http://host/path) or CONNECT host:port",
                 guard,
-            );
+            ));
         };
         if !is_connect && !host_agrees(req.headers(), &host, port) {
             guard.rec.action = "blocked".into();
-            return self.refuse(
+            return Step::Answer(self.refuse(
                 400,
                 "Bad request",
                 "the Host header and the request target name different hosts",
                 guard,
-            );
+            ));
         }
         let d = active.matcher.decide(&PolicyRequest {
             client: client.ip(),
@@ -349,27 +376,27 @@ impl Proxy {
                 &guard.rec.url,
                 client.ip(),
             );
-            return self.page(200, html, guard);
+            return Step::Answer(self.page(200, html, guard));
         }
         match d.action {
             Verdict::Allow => {}
             Verdict::ClientDenied => {
                 guard.rec.action = "blocked".into();
-                return self.refuse(
+                return Step::Answer(self.refuse(
                     403,
                     "Access denied",
                     &format!("the address {} may not use this proxy", client.ip()),
                     guard,
-                );
+                ));
             }
             Verdict::PortDenied => {
                 guard.rec.action = "blocked".into();
-                return self.refuse(
+                return Step::Answer(self.refuse(
                     403,
                     "Port not allowed",
                     &format!("CONNECT to port {port} is not allowed by the policy"),
                     guard,
-                );
+                ));
             }
             Verdict::Deny => {
                 guard.rec.action = "blocked".into();
@@ -380,33 +407,124 @@ impl Proxy {
                     &guard.rec.url,
                     &self.node.files.startup.node,
                 );
-                return self.page(status, html, guard);
+                return Step::Answer(self.page(status, html, guard));
             }
         }
         let limits = *active.matcher.limits();
         drop(active);
-        let targets = match self.resolve(&host, port, &limits).await {
-            Ok(t) => t,
-            Err((status, why)) => {
-                return self.refuse(
-                    status,
-                    if status == 504 {
+        let kind = if is_connect {
+            JobKind::Tunnel {
+                upgrade: hyper::upgrade::on(&mut req),
+                hold,
+            }
+        } else {
+            drop(hold);
+            let (out, body) = self.prepare(req, &host, guard.up.clone());
+            JobKind::Forward { out, body }
+        };
+        Step::Go(Job {
+            guard,
+            host,
+            port,
+            limits,
+            kind,
+            _waiting: waiting,
+        })
+    }
+
+    /// The upstream request's head, serialized (absolute-form → origin-form, hop-by-hop
+    /// headers stripped, `Via` added), and the client's body counted into `up`.
+    fn prepare(
+        &self,
+        req: Request<Incoming>,
+        host: &str,
+        up: Arc<std::sync::atomic::AtomicU64>,
+    ) -> (Prepared, Counted<Incoming>) {
+        let (mut parts, body) = req.into_parts();
+        // The Host the client named (or the target's), never the resolved address.
+        let host_value = parts.headers.get(header::HOST).cloned().or_else(|| {
+            let authority = parts
+                .uri
+                .authority()
+                .map(|a| a.as_str().rsplit('@').next().unwrap_or(""))
+                .unwrap_or(host);
+            HeaderValue::from_str(authority).ok()
+        });
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(hv) = host_value {
+            parts.headers.insert(header::HOST, hv);
+        }
+        parts.headers.append(header::VIA, self.via.clone());
+        // Origin-form: `http://h` and `http://h?q` become `/` and `/?q`.
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
+        let target: std::borrow::Cow<'_, str> = if pq.starts_with('/') {
+            pq.into()
+        } else {
+            format!("/{pq}").into()
+        };
+        let body = Counted::new(body, up);
+        let out = Prepared::new(
+            &Outgoing {
+                method: &parts.method,
+                target: &target,
+                headers: &parts.headers,
+            },
+            &body,
+        );
+        (out, body)
+    }
+
+    /// The waits of a job: resolving, connecting, sending, the answer's head.
+    fn go(self: Arc<Self>, job: Job) -> impl Future<Output = Response<ProxyBody>> + Send {
+        let Job {
+            mut guard,
+            host,
+            port,
+            limits,
+            kind,
+            _waiting,
+        } = job;
+        async move {
+            // Held until the answer's head: the connection is not idle meanwhile.
+            let _waiting = &_waiting;
+            let targets = match self.resolve(&host, port, &limits).await {
+                Ok(t) => t,
+                Err((status, why)) => {
+                    let title = if status == 504 {
                         "Gateway timeout"
                     } else {
                         "Bad gateway"
-                    },
-                    &why,
-                    guard,
-                );
+                    };
+                    return self.refuse(status, title, &why, guard);
+                }
+            };
+            guard.rec.peer = Some(targets.first.ip().to_string());
+            match kind {
+                JobKind::Tunnel { upgrade, hold } => {
+                    let connected =
+                        connect_first(targets.tried(), limits.upstream_connect_timeout).await;
+                    self.tunnel(connected, upgrade, &targets, &host, guard, hold)
+                }
+                JobKind::Forward { out, body } => {
+                    // Each wait is bounded (connecting, each part of the upload, the
+                    // answer's head), not the whole: a long upload that keeps moving
+                    // is not cut off.
+                    let mut used = None;
+                    let sent = self
+                        .upstream
+                        .send(
+                            targets.tried(),
+                            out,
+                            body,
+                            limits.upstream_connect_timeout,
+                            limits.idle_timeout,
+                            &mut used,
+                        )
+                        .await;
+                    self.answer(sent, used, &targets, &host, &limits, guard)
+                }
             }
-        };
-        guard.rec.peer = Some(targets.first.ip().to_string());
-        if is_connect {
-            return self
-                .tunnel(req, &targets, &host, &limits, guard, hold)
-                .await;
         }
-        self.forward(req, &targets, &host, &limits, guard).await
     }
 
     /// Resolve (IP literals as they are, names through the cache) and check the target.
@@ -465,64 +583,17 @@ impl Proxy {
         }
     }
 
-    async fn forward(
+    /// The client's response to a forwarded request: the upstream's answer, or the
+    /// page that says why there is none.
+    fn answer(
         &self,
-        req: Request<Incoming>,
+        sent: Result<(Head, UpBody), UpError>,
+        used: Option<SocketAddr>,
         targets: &Targets,
         host: &str,
         limits: &EffectiveLimits,
         mut guard: RecordGuard,
     ) -> Response<ProxyBody> {
-        let (mut parts, body) = req.into_parts();
-        // The Host the client named (or the target's), never the resolved address.
-        let target_authority = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().rsplit('@').next().unwrap_or("").to_string())
-            .unwrap_or_else(|| host.to_string());
-        let host_value = parts
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| HeaderValue::from_str(&target_authority).ok());
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some(hv) = host_value {
-            parts.headers.insert(header::HOST, hv);
-        }
-        parts.headers.append(header::VIA, self.via.clone());
-        // Origin-form: `http://h` and `http://h?q` become `/` and `/?q`.
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
-        let target: std::borrow::Cow<'_, str> = if pq.starts_with('/') {
-            pq.into()
-        } else {
-            format!("/{pq}").into()
-        };
-        let body = Tracked::new(body, guard.up.clone(), None);
-        let out = Prepared::new(
-            &Outgoing {
-                method: &parts.method,
-                target: &target,
-                headers: &parts.headers,
-            },
-            &body,
-        );
-        // The parsed head pins hyper's read buffer: gone before the first wait.
-        drop(target);
-        drop(parts);
-        // Each wait is bounded (connecting, each part of the upload, the answer's
-        // head), not the whole: a long upload that keeps moving is not cut off.
-        let mut used = None;
-        let sent = self
-            .upstream
-            .send(
-                targets.tried(),
-                out,
-                body,
-                limits.upstream_connect_timeout,
-                limits.idle_timeout,
-                &mut used,
-            )
-            .await;
         // Whatever came of it, a connection made to a later address means the ones
         // before it failed.
         if let Some(used) = used {
@@ -592,16 +663,19 @@ impl Proxy {
         Response::from_parts(parts, Tracked::new(Either::Right(body), down, Some(guard)))
     }
 
-    async fn tunnel(
+    /// The client's response to a CONNECT: 200 and a tunnel once connected (the
+    /// tunnel's task holds the record and the connection's place in the limits until
+    /// it closes), or the page that says why not.
+    fn tunnel(
         &self,
-        req: Request<Incoming>,
+        connected: Result<(TcpStream, SocketAddr), UpError>,
+        upgrade: OnUpgrade,
         targets: &Targets,
         host: &str,
-        limits: &EffectiveLimits,
         mut guard: RecordGuard,
         hold: Arc<Permit>,
     ) -> Response<ProxyBody> {
-        let tcp = match connect_first(targets.tried(), limits.upstream_connect_timeout).await {
+        let tcp = match connected {
             Err(UpError::ConnectTimeout) => {
                 return self.refuse(
                     504,
@@ -626,7 +700,7 @@ impl Proxy {
         guard.rec.status = 200;
         tokio::spawn(async move {
             let mut tcp = tcp;
-            if let Ok(upgraded) = hyper::upgrade::on(req).await {
+            if let Ok(upgraded) = upgrade.await {
                 let mut client = CountIo::new(TokioIo::new(upgraded), guard.up.clone());
                 let mut server = CountIo::new(&mut tcp, guard.down.clone());
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
@@ -643,6 +717,72 @@ impl Proxy {
         ));
         r.headers_mut().insert(header::VIA, self.via.clone());
         r
+    }
+}
+
+/// What a request comes to before any wait. (Returned once, never stored: the size
+/// of its variants does not matter.)
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    /// A page of our own (refused, blocked, the probe), ready now.
+    Answer(Response<ProxyBody>),
+    /// A request to forward or a tunnel to open.
+    Go(Job),
+}
+
+/// What the waits of an allowed request need.
+struct Job {
+    /// The record.
+    guard: RecordGuard,
+    /// The target host (a name or an IP literal) and port.
+    host: String,
+    port: u16,
+    /// The limits of the policy that allowed it.
+    limits: EffectiveLimits,
+    /// Forward or tunnel.
+    kind: JobKind,
+    /// Held until the answer's head.
+    _waiting: crate::idle::Waiting,
+}
+
+/// The two kinds of job.
+enum JobKind {
+    /// A request, its head serialized, and its body.
+    Forward {
+        out: Prepared,
+        body: Counted<Incoming>,
+    },
+    /// A CONNECT: the client's connection once hyper hands it over, and its place in
+    /// the limits (held by the tunnel).
+    Tunnel {
+        upgrade: OnUpgrade,
+        hold: Arc<Permit>,
+    },
+}
+
+pin_project_lite::pin_project! {
+    /// The future of one request: a page ready at once, or the waits of a job.
+    #[project = HandlingProj]
+    pub enum Handling<F> {
+        /// Ready (taken when polled).
+        Answer { resp: Option<Response<ProxyBody>> },
+        /// Resolving, connecting, sending.
+        Go { #[pin] fut: F },
+    }
+}
+
+impl<F: Future<Output = Response<ProxyBody>>> Future for Handling<F> {
+    type Output = Result<Response<ProxyBody>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            HandlingProj::Answer { resp } => match resp.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                // Polled again after its answer: never, by hyper's contract.
+                None => Poll::Pending,
+            },
+            HandlingProj::Go { fut } => fut.poll(cx).map(Ok),
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The proxy's one end-of-request hook: a `RecordGuard` travels with each response (in
 //! its body, or in a tunnel's task) and writes the access record when it is dropped —
 //! after the last byte, or when the client goes away — for success and failure alike.
-//! `Tracked` is the body wrapper that counts bytes on the way.
+//! `Tracked` is the body wrapper that counts bytes on the way (`Counted` without a
+//! guard: a request body).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,28 +54,22 @@ impl Drop for RecordGuard {
     }
 }
 
-/// A body that counts the bytes of its data frames and may carry the record's guard.
-pub struct Tracked<B> {
+/// A body that counts the bytes of its data frames (a client's request body).
+pub struct Counted<B> {
     /// The wrapped body.
     inner: B,
     /// Where the count goes.
     counter: Arc<AtomicU64>,
-    /// Dropped with the body: the end of the request.
-    _guard: Option<RecordGuard>,
 }
 
-impl<B> Tracked<B> {
-    /// Count into `counter`; write `guard`'s record when the body is done or dropped.
-    pub fn new(inner: B, counter: Arc<AtomicU64>, guard: Option<RecordGuard>) -> Self {
-        Tracked {
-            inner,
-            counter,
-            _guard: guard,
-        }
+impl<B> Counted<B> {
+    /// Count into `counter`.
+    pub fn new(inner: B, counter: Arc<AtomicU64>) -> Self {
+        Counted { inner, counter }
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     type Data = Bytes;
     type Error = B::Error;
 
@@ -89,6 +84,45 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
             }
         }
         r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A counted body that carries the record's guard (a response body): the record is
+/// written when the body is done or dropped.
+pub struct Tracked<B> {
+    /// The counted body.
+    inner: Counted<B>,
+    /// Dropped with the body: the end of the request.
+    _guard: Option<RecordGuard>,
+}
+
+impl<B> Tracked<B> {
+    /// Count into `counter`; write `guard`'s record when the body is done or dropped.
+    pub fn new(inner: B, counter: Arc<AtomicU64>, guard: Option<RecordGuard>) -> Self {
+        Tracked {
+            inner: Counted::new(inner, counter),
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
