@@ -63,20 +63,38 @@ const HOP: [HeaderName; 9] = [
     header::PROXY_AUTHENTICATE,
 ];
 
-/// Remove hop-by-hop headers, including those named in Connection.
+/// Remove hop-by-hop headers, including those named in Connection (every Connection
+/// header counts: a second one may name what the first does not).
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
+    let mut connection = h.get_all(header::CONNECTION).iter();
+    match (connection.next(), connection.next()) {
+        (None, _) => {}
+        // The usual case, without an allocation: the value is a shared slice.
+        (Some(only), None) => {
+            let only = only.clone();
+            remove_named(h, &only);
+        }
+        (Some(_), Some(_)) => {
+            let all: Vec<HeaderValue> = h.get_all(header::CONNECTION).iter().cloned().collect();
+            for v in &all {
+                remove_named(h, v);
+            }
+        }
     }
     for n in HOP.iter() {
         h.remove(n);
+    }
+}
+
+/// Remove the headers a Connection value names.
+fn remove_named(h: &mut HeaderMap, connection: &HeaderValue) {
+    let Ok(text) = connection.to_str() else {
+        return;
+    };
+    for t in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        // By `&str`: looked up without building a `HeaderName` (no allocation for a
+        // name outside the standard set); an invalid name matches nothing.
+        h.remove(t);
     }
 }
 
@@ -931,6 +949,21 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+
+        // A second Connection header counts too; names match whatever their case, and
+        // a token that is no header name matches nothing.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("X-One"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static(" , x-two,bad name"),
+        );
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("2"));
+        h.insert("x-kept", HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
     }
 

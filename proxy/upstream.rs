@@ -597,37 +597,38 @@ fn parse_head(bytes: &Bytes) -> Result<Head, UpError> {
     })
 }
 
+/// The comma-separated tokens of every `name` header, trimmed, empty ones skipped
+/// (values that are not text are skipped whole).
+fn tokens<'a>(h: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 /// How the response body is delimited (RFC 9112 6.3), and whether the connection can
 /// carry another request afterwards.
 fn framing(head: &Head, head_req: bool) -> Result<Framing, UpError> {
     let h = &head.headers;
-    let tokens = |name: http::header::HeaderName| {
-        h.get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_ascii_lowercase())
-            .filter(|t| !t.is_empty())
-            .collect::<Vec<_>>()
-    };
-    let conn = tokens(http::header::CONNECTION);
+    let connection = http::header::CONNECTION;
     let mut keep = if head.version == Version::HTTP_10 {
-        conn.iter().any(|t| t == "keep-alive")
+        tokens(h, &connection).any(|t| t.eq_ignore_ascii_case("keep-alive"))
     } else {
-        !conn.iter().any(|t| t == "close")
+        !tokens(h, &connection).any(|t| t.eq_ignore_ascii_case("close"))
     };
     let status = head.status.as_u16();
     if head_req || status == 204 || status == 304 {
         return Ok(Framing::Length(0, keep));
     }
-    let te = tokens(http::header::TRANSFER_ENCODING);
-    if !te.is_empty() {
+    if let Some(last) = tokens(h, &http::header::TRANSFER_ENCODING).last() {
         // With Content-Length as well, the response is suspect: read it as chunked and
         // do not reuse the connection.
         if h.contains_key(http::header::CONTENT_LENGTH) {
             keep = false;
         }
-        return Ok(if te.last().map(String::as_str) == Some("chunked") {
+        return Ok(if last.eq_ignore_ascii_case("chunked") {
             Framing::Chunked(keep)
         } else {
             Framing::Eof
