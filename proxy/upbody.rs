@@ -146,6 +146,8 @@ impl UpBody {
         };
         if !moving {
             self.upload = None;
+            // The answer's stall limit counts again, from now (see `poll_fill`).
+            self.last = tokio::time::Instant::now();
         }
     }
 
@@ -170,6 +172,7 @@ impl UpBody {
             stall,
             last,
             timer,
+            upload,
             ..
         } = self;
         let Some(conn) = conn else {
@@ -194,7 +197,10 @@ impl UpBody {
             }
             return Poll::Ready(r);
         }
-        let Some(limit) = *stall else {
+        // While the rest of the upload goes on, an origin that sends nothing is not
+        // stalled: it may answer once it has the whole body (the upload bounds its own
+        // waits by the same limit).
+        let Some(limit) = stall.filter(|_| upload.is_none()) else {
             return Poll::Pending;
         };
         loop {

@@ -42,8 +42,8 @@ pub struct Upload {
     chunked: bool,
     /// Longest wait for either side.
     idle: Duration,
-    /// When a part last moved.
-    last: Instant,
+    /// When a part last moved (read only once the upload has had to wait).
+    last: Option<Instant>,
     /// Armed at the first wait; re-armed only when it fires early.
     timer: Option<Pin<Box<Sleep>>>,
     /// Everything was written.
@@ -63,7 +63,7 @@ impl Upload {
             out: VecDeque::new(),
             chunked,
             idle,
-            last: Instant::now(),
+            last: None,
             timer: None,
             done: false,
         }
@@ -136,18 +136,16 @@ impl Upload {
     /// A part moved: the idle limit starts again.
     fn moved(&mut self) {
         if self.timer.is_some() {
-            self.last = Instant::now();
+            self.last = Some(Instant::now());
         }
     }
 
     /// Pending, or the error for waiting on `wait` longer than the idle limit.
     fn poll_stall(&mut self, cx: &mut Context<'_>, wait: Wait) -> Poll<Result<(), UpError>> {
-        if self.timer.is_none() {
-            // The first wait: the clock is read only now (most bodies never wait).
-            self.last = Instant::now();
-        }
+        // The first wait: the clock is read only now (most bodies never wait).
+        let last = *self.last.get_or_insert_with(Instant::now);
         loop {
-            let due = self.last + self.idle;
+            let due = last + self.idle;
             let t = self
                 .timer
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));

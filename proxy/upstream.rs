@@ -259,8 +259,9 @@ impl Upstream {
     }
 
     /// Send `req` (with `body`) to the first of `addrs` that takes a connection (see
-    /// [`connect_first`]) and read the response head. A kept-alive connection that turns out to be closed is replaced once by a new one
-    /// when the request had no body (nothing of it can have been used).
+    /// [`connect_first`]) and read the response head. A kept-alive connection that
+    /// turns out to be closed is replaced once by a new one when the request had no
+    /// body (nothing of it can have been used).
     ///
     /// `idle` bounds each wait, not the whole: sending (a long upload takes as long as
     /// it takes while it moves; one that stops moving for `idle` fails), then the
@@ -304,6 +305,12 @@ impl Upstream {
                 .filter(|_| !no_body)
                 .map(|b| Upload::new(b, chunked, idle));
             let r = match (sent, upload) {
+                // The origin may have answered and closed before taking even the head
+                // (it refuses every upload): its answer, if one came, is what the
+                // client gets.
+                (Err(e @ (UpError::Io(_) | UpError::UploadStalled(_))), Some(_)) => {
+                    early_answer(&mut conn.stream, buf, head_req, e).await
+                }
                 (Err(e), _) => Err(e),
                 (Ok(()), None) => {
                     match tokio::time::timeout(idle, read_head(&mut conn.stream, buf, head_req))
@@ -328,6 +335,20 @@ impl Upstream {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// The answer of an origin that broke off the request (`e`: how), if one comes within
+/// [`EARLY_ANSWER_WAIT`], on a connection that is not kept; otherwise `e`.
+async fn early_answer(
+    stream: &mut TcpStream,
+    buf: BytesMut,
+    head_req: bool,
+    e: UpError,
+) -> Result<Answered, UpError> {
+    match tokio::time::timeout(EARLY_ANSWER_WAIT, read_head(stream, buf, head_req)).await {
+        Ok(Ok((head, buf, framing))) => Ok((head, buf, framing.closing(), None)),
+        _ => Err(e),
     }
 }
 
@@ -358,9 +379,15 @@ async fn upload_and_answer(
         if let Some(up) = upload.as_mut().filter(|u| !u.done()) {
             match up.poll(&mut wr, cx) {
                 Poll::Ready(Ok(())) => deadline = Some(Box::pin(tokio::time::sleep(idle))),
-                // The client's own failures are answered to the client.
+                // The client's own failures are answered to the client, unless the
+                // origin's answer is there already.
                 Poll::Ready(Err(e @ (UpError::ClientStalled(_) | UpError::ClientBody(_)))) => {
-                    return Poll::Ready(Err(e))
+                    return match reading.as_mut().poll(cx) {
+                        Poll::Ready(Ok((head, buf, framing))) => {
+                            Poll::Ready(Ok((head, buf, framing.closing(), None)))
+                        }
+                        _ => Poll::Ready(Err(e)),
+                    };
                 }
                 Poll::Ready(Err(e)) => {
                     upload = None;

@@ -622,6 +622,23 @@ fn a_name_whose_first_address_is_down_uses_the_next() {
 /// Send `head` and then `body` in `pieces` parts `gap` apart to the proxy at `proxy`
 /// (host:port), and return the status of its answer (0: none) and the time it took.
 fn trickle(proxy: &str, head: &str, body: &[u8], pieces: usize, gap: Duration) -> (u16, Duration) {
+    let (answer, took) = trickle_answer(proxy, head, body, pieces, gap);
+    let status = answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, took)
+}
+
+/// As `trickle`, returning the whole answer (head and body) as text.
+fn trickle_answer(
+    proxy: &str,
+    head: &str,
+    body: &[u8],
+    pieces: usize,
+    gap: Duration,
+) -> (String, Duration) {
     let t = Instant::now();
     let mut s = TcpStream::connect(proxy).expect("connect to the proxy");
     let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
@@ -635,13 +652,7 @@ fn trickle(proxy: &str, head: &str, body: &[u8], pieces: usize, gap: Duration) -
     }
     let mut answer = Vec::new();
     let _ = std::io::Read::read_to_end(&mut s, &mut answer);
-    let text = String::from_utf8_lossy(&answer);
-    let status = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|r| r.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, t.elapsed())
+    (String::from_utf8_lossy(&answer).into_owned(), t.elapsed())
 }
 
 /// A long upload that keeps moving is not cut off, however much longer than the
@@ -678,6 +689,48 @@ fn a_slow_upload_is_not_cut_off_a_stalled_one_is() {
     assert!(took > Duration::from_secs(4), "{took:?}");
     let (_, got) = origin.last("/slow-up").expect("the origin saw the upload");
     assert_eq!(got, body.as_bytes(), "the slow upload changed on the way");
+
+    // The same, to an origin that sends its head at once and its body only once it
+    // has the whole upload: the answer waits longer than the idle timeout for its
+    // body, while the upload moves.
+    let head_first = one_request_origin(|mut s, head, first| {
+        let len = content_length(&head);
+        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+        if s.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+        let mut got = first;
+        let mut buf = [0u8; 16 * 1024];
+        while got.len() < len {
+            match std::io::Read::read(&mut s, &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = s.write_all(&got);
+        std::thread::sleep(Duration::from_secs(1));
+    });
+    let request = format!(
+        "POST http://{head_first}/head-first HTTP/1.1\r\nHost: {head_first}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let (answer, took) = trickle_answer(
+        &proxy,
+        &request,
+        body.as_bytes(),
+        20,
+        Duration::from_millis(250),
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 200 "),
+        "after {took:?}: {}",
+        answer.get(..200).unwrap_or(&answer)
+    );
+    assert!(
+        answer.ends_with(&format!("\r\n\r\n{body}")),
+        "the answer sent after a slow upload was cut short after {took:?} ({} bytes)",
+        answer.len()
+    );
 
     // The client sends a tenth of what it announced, then nothing.
     let (status, took) = trickle(
