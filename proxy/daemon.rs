@@ -282,6 +282,10 @@ enum End {
     Restart,
 }
 
+/// A proxy client's connection as hyper serves it: the smuggling scan and head timeout
+/// over the idle limit over the socket (a CONNECT's tunnel takes the socket back).
+pub type ClientIo = crate::framing::Framing<crate::idle::IdleIo<tokio::net::TcpStream>>;
+
 fn http1() -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new())

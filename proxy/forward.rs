@@ -1,9 +1,9 @@
 //! The forward proxy: each client request is checked against the active policy (client
 //! access, rules, CONNECT ports) before any DNS lookup, then forwarded through a pooled
 //! upstream client (absolute-form → origin-form, hop-by-hop headers stripped, `Via`
-//! added) or tunnelled (CONNECT). A node that has no policy refuses everything with 503
-//! (fail closed). Every request, refused or served, ends in one access record. Names
-//! are resolved through a cache (`dnscache`).
+//! added) or tunnelled (CONNECT; zero-copy, see `splice`). A node that has no policy
+//! refuses everything with 503 (fail closed). Every request, refused or served, ends in
+//! one access record. Names are resolved through a cache (`dnscache`).
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -519,9 +519,13 @@ impl Proxy {
             guard.rec.peer = Some(targets.first.ip().to_string());
             match kind {
                 JobKind::Tunnel { upgrade, hold } => {
-                    let connected =
-                        connect_first(targets.tried(), limits.upstream_connect_timeout).await;
-                    self.tunnel(connected, upgrade, &targets, &host, guard, hold)
+                    match connect_first(targets.tried(), limits.upstream_connect_timeout).await {
+                        Ok((tcp, used)) => {
+                            self.connected(&host, &targets, used, &mut guard);
+                            self.tunnel(tcp, upgrade, limits.idle_timeout, guard, hold)
+                        }
+                        Err(e) => self.unreachable(e, &targets, guard),
+                    }
                 }
                 JobKind::Forward { out, body } => {
                     // Each wait is bounded (connecting, each part of the upload, the
@@ -681,47 +685,66 @@ impl Proxy {
         Response::from_parts(parts, Tracked::new(Either::Right(body), down, Some(guard)))
     }
 
-    /// The client's response to a CONNECT: 200 and a tunnel once connected (the
-    /// tunnel's task holds the record and the connection's place in the limits until
-    /// it closes), or the page that says why not.
+    /// The page for a CONNECT whose target could not be reached.
+    fn unreachable(
+        &self,
+        e: UpError,
+        targets: &Targets,
+        guard: RecordGuard,
+    ) -> Response<ProxyBody> {
+        match e {
+            UpError::ConnectTimeout => self.refuse(
+                504,
+                "Gateway timeout",
+                &format!("connecting to {} timed out", targets.shown()),
+                guard,
+            ),
+            e => self.refuse(
+                502,
+                "Bad gateway",
+                &format!("cannot connect to {}: {e}", targets.shown()),
+                guard,
+            ),
+        }
+    }
+
+    /// The client's response to a CONNECT whose target took the connection `tcp`: 200,
+    /// and a tunnel once hyper hands the client's connection over. The tunnel's task
+    /// holds the record and the connection's place in the limits until it closes; it
+    /// ends when both sides have closed, or when nothing moved for `idle`.
     fn tunnel(
         &self,
-        connected: Result<(TcpStream, SocketAddr), UpError>,
+        tcp: TcpStream,
         upgrade: OnUpgrade,
-        targets: &Targets,
-        host: &str,
+        idle: std::time::Duration,
         mut guard: RecordGuard,
         hold: Arc<Permit>,
     ) -> Response<ProxyBody> {
-        let tcp = match connected {
-            Err(UpError::ConnectTimeout) => {
-                return self.refuse(
-                    504,
-                    "Gateway timeout",
-                    &format!("connecting to {} timed out", targets.shown()),
-                    guard,
-                )
-            }
-            Err(e) => {
-                return self.refuse(
-                    502,
-                    "Bad gateway",
-                    &format!("cannot connect to {}: {e}", targets.shown()),
-                    guard,
-                )
-            }
-            Ok((tcp, used)) => {
-                self.connected(host, targets, used, &mut guard);
-                tcp
-            }
-        };
         guard.rec.status = 200;
+        // The pipes first: a node out of descriptors still tunnels, by copying.
+        let pipes = crate::splice::Tunnel::new(guard.up.clone(), guard.down.clone()).ok();
         tokio::spawn(async move {
             let mut tcp = tcp;
             if let Ok(upgraded) = upgrade.await {
-                let mut client = CountIo::new(TokioIo::new(upgraded), guard.up.clone());
-                let mut server = CountIo::new(&mut tcp, guard.down.clone());
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                // The client's own socket back from hyper (with what it read past the
+                // CONNECT head), for a zero-copy tunnel.
+                let parts = match pipes {
+                    Some(pipes) => upgraded
+                        .downcast::<TokioIo<crate::daemon::ClientIo>>()
+                        .map(|p| (pipes, p)),
+                    None => Err(upgraded),
+                };
+                match parts {
+                    Ok((pipes, p)) => {
+                        let client = p.io.into_inner().into_inner().into_inner();
+                        let _ = pipes.run(client, tcp, &p.read_buf, idle).await;
+                    }
+                    Err(upgraded) => {
+                        let mut client = CountIo::new(TokioIo::new(upgraded), guard.up.clone());
+                        let mut server = CountIo::new(&mut tcp, guard.down.clone());
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                }
             }
             drop(guard);
             // The connection's place in the limits is held until the tunnel closes.

@@ -242,6 +242,11 @@ impl<T> Framing<T> {
         )
     }
 
+    /// The stream (after an upgrade: the scan has nothing more to say).
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+
     /// Ready once the head now arriving is late.
     fn poll_head_late(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let Some(since) = self.head_since else {

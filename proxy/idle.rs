@@ -59,6 +59,11 @@ impl<T> IdleIo<T> {
         }
     }
 
+    /// The stream (after an upgrade, for a tunnel that keeps its own idle limit).
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+
     /// The counter a `Waiting` guard takes.
     pub fn waiting(&self) -> Arc<AtomicUsize> {
         self.waiting.clone()

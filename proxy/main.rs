@@ -21,6 +21,7 @@ mod reports;
 mod reports_page;
 mod shipper;
 mod slave;
+mod splice;
 mod sync_api;
 mod tracked;
 mod upbody;
@@ -86,6 +87,30 @@ fn parse_args(
     })))
 }
 
+/// Raise the soft limit on open descriptors to the hard limit; the limit now in force.
+fn raise_nofile() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+}
+
 fn main() -> ExitCode {
     // Descriptors handed over by a restart are taken before any thread starts.
     let inherited = handover::Inherited::from_env();
@@ -102,6 +127,9 @@ fn main() -> ExitCode {
     };
     // An absolute path keeps every relative path of the node stable across restarts.
     let config = std::fs::canonicalize(&config).unwrap_or(config);
+    // Every client connection, upstream connection and tunnel pipe is a descriptor: the
+    // soft limit goes up to the hard one, and a sixteenth of it may be tunnel pipes.
+    splice::set_budget(raise_nofile() / 16);
     // SSQD_WORKER_THREADS: the runtime's worker threads (default: one per core).
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = std::env::var("SSQD_WORKER_THREADS")

@@ -6,8 +6,9 @@
 //! 403, CONNECT ports, a policy change applied on the next request of an open keep-alive
 //! connection, fail closed without a policy), refusals (smuggling, Host mismatch, loops,
 //! link-local, unreachable upstreams), connection limits, the header read timeout
-//! (slowloris gets 408; an idle keep-alive connection waits for the idle timeout), and
-//! one access.log line per request in Squid's native format.
+//! (slowloris gets 408; an idle keep-alive connection waits for the idle timeout),
+//! one access.log line per request in Squid's native format, and CONNECT tunnels (large
+//! streams both ways with early bytes and half closes; past the pipe budget, copying).
 
 mod util;
 
@@ -1060,4 +1061,171 @@ fn slow_heads_get_408_and_idle_keep_alive_waits_for_idle_timeout() {
             .into_iter()
             .find(|l| l.contains("/408 "))
     });
+}
+
+/// A CONNECT tunnel carries large streams both ways intact, bytes the client sent in
+/// the same packet as its CONNECT head included (they reach the origin first), passes
+/// on a half close, and its record counts the bytes sent to the client.
+#[test]
+fn a_tunnel_carries_large_streams_both_ways_and_counts_them() {
+    const UP: usize = 6_000_000;
+    const DOWN: usize = 9_000_000;
+    // An origin that reads everything until the client's half close, then answers with
+    // DOWN bytes and the first 16 bytes it read, and closes.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the origin");
+    let origin = l.local_addr().expect("origin address");
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        let Some(Ok(mut s)) = l.incoming().next() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all);
+        let pattern: Vec<u8> = (0..DOWN).map(|i| (i % 253) as u8).collect();
+        let _ = s.write_all(&pattern);
+        let _ = s.write_all(&all[..16.min(all.len())]);
+        *seen.lock().unwrap() = all;
+    });
+    let env = Env::new();
+    let node = gateway(&env, "gw-tunnel", Some(&open_policy(origin.port())));
+    let mut c = TcpStream::connect(proxy_of(&node)).expect("connect to the proxy");
+    let _ = c.set_read_timeout(Some(Duration::from_secs(20)));
+    let upload: Vec<u8> = (0..UP).map(|i| (i % 241) as u8).collect();
+    // The head and the first bytes of the tunnel in one write.
+    let mut first = format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n").into_bytes();
+    first.extend_from_slice(b"EARLY-BYTES-0123");
+    c.write_all(&first).expect("send the CONNECT");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = c.read(&mut byte).expect("read the CONNECT answer");
+        assert_eq!(n, 1, "the proxy closed before answering: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut w = c.try_clone().expect("clone the client socket");
+    let sender = std::thread::spawn(move || {
+        w.write_all(&upload).expect("send through the tunnel");
+        w.shutdown(std::net::Shutdown::Write).expect("half close");
+    });
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).expect("read through the tunnel");
+    sender.join().expect("the sender");
+    let at_origin = got.lock().unwrap().clone();
+    assert_eq!(at_origin.len(), 16 + UP, "bytes lost on the way up");
+    assert_eq!(
+        &at_origin[..16],
+        b"EARLY-BYTES-0123",
+        "the early bytes came late"
+    );
+    assert!(
+        at_origin[16..]
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i % 241) as u8),
+        "the upward stream changed"
+    );
+    assert_eq!(back.len(), DOWN + 16, "bytes lost on the way down");
+    assert!(
+        back[..DOWN]
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i % 253) as u8),
+        "the downward stream changed"
+    );
+    assert_eq!(&back[DOWN..], b"EARLY-BYTES-0123");
+    let line = wait_access_line(&node, "TCP_TUNNEL/200", &origin.to_string());
+    let bytes: usize = line
+        .split_whitespace()
+        .nth(4)
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(bytes, DOWN + 16, "{line}");
+}
+
+/// Pipes per tunnel: 4 descriptors. With a low descriptor limit, only a sixteenth of it
+/// goes to tunnel pipes: the tunnels past that budget copy instead, and all of them
+/// work; the pipes of closed tunnels are given back.
+#[test]
+fn tunnels_past_the_pipe_budget_copy_and_all_work() {
+    // A line echoed back on every connection.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the origin");
+    let origin = l.local_addr().expect("origin address");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            std::thread::spawn(move || {
+                let Ok(mut w) = s.try_clone() else { return };
+                for line in BufReader::new(s).lines() {
+                    let Ok(line) = line else { return };
+                    if w.write_all(format!("{line}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let env = Env::new();
+    // 128 descriptors: 8 tunnels with pipes.
+    let node = Node::run_with_nofile(NodeDir::create(&env, "gw-pipes", &next_ip(), ""), 128);
+    apply(&env, &node, &open_policy(origin.port()));
+    let pipes = || {
+        std::fs::read_dir(format!("/proc/{}/fd", node.pid))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| {
+                        std::fs::read_link(e.path())
+                            .is_ok_and(|t| t.to_string_lossy().starts_with("pipe:"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let before = pipes();
+    let proxy = proxy_of(&node);
+    let open = |i: usize| {
+        let mut c = TcpStream::connect(&proxy).expect("connect to the proxy");
+        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+        c.write_all(format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n").as_bytes())
+            .expect("send the CONNECT");
+        let mut r = BufReader::new(c.try_clone().expect("clone"));
+        let mut status = String::new();
+        r.read_line(&mut status).expect("read the CONNECT answer");
+        assert!(status.starts_with("HTTP/1.1 200"), "tunnel {i}: {status}");
+        let mut line = String::new();
+        while line != "\r\n" {
+            line.clear();
+            r.read_line(&mut line)
+                .expect("read the CONNECT answer's head");
+        }
+        (c, r)
+    };
+    let mut tunnels: Vec<_> = (0..12).map(open).collect();
+    for (i, (c, r)) in tunnels.iter_mut().enumerate() {
+        c.write_all(format!("hello {i}\n").as_bytes())
+            .expect("send through the tunnel");
+        let mut back = String::new();
+        r.read_line(&mut back).expect("read through the tunnel");
+        assert_eq!(back, format!("hello {i}\n"), "tunnel {i}");
+    }
+    assert_eq!(
+        pipes() - before,
+        8 * 4,
+        "pipes for exactly the budget of 8 tunnels"
+    );
+    drop(tunnels);
+    eventually(
+        Duration::from_secs(5),
+        "the pipes of closed tunnels",
+        || (pipes() == before).then_some(()),
+    );
+    let (mut c, mut r) = open(12);
+    c.write_all(b"again\n").expect("send through a new tunnel");
+    let mut back = String::new();
+    r.read_line(&mut back).expect("read through a new tunnel");
+    assert_eq!(back, "again\n");
+    assert_eq!(pipes() - before, 4, "a new tunnel gets pipes again");
 }

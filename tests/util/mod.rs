@@ -292,7 +292,16 @@ pub struct Node {
 
 /// Spawn `ssqd --config FILE` with stdout piped and stderr in DIR/NAME/ssqd.stderr.
 pub fn spawn_ssqd(config: &Path) -> (Child, Receiver<String>) {
-    spawn_ssqd_with(config, None)
+    spawn_ssqd_with(config, Jail::default())
+}
+
+/// How ssqd is started: with its own `/etc/hosts`, or a lower descriptor limit.
+#[derive(Default, Clone, Copy)]
+pub struct Jail<'a> {
+    /// A file bind-mounted as `/etc/hosts` in a mount namespace of its own.
+    pub hosts: Option<&'a Path>,
+    /// RLIMIT_NOFILE, soft and hard.
+    pub nofile: Option<u64>,
 }
 
 /// Whether ssqd can be given its own `/etc/hosts` ([`Node::run_with_hosts`]): root,
@@ -319,10 +328,10 @@ pub fn can_replace_hosts() -> bool {
 /// As [`spawn_ssqd`]; with `hosts`, ssqd runs in a mount namespace of its own where
 /// that file is `/etc/hosts` (see [`can_replace_hosts`]): names resolve as the test
 /// says, through the system's real resolver (no nscd runs on the test machines).
-fn spawn_ssqd_with(config: &Path, hosts: Option<&Path>) -> (Child, Receiver<String>) {
+fn spawn_ssqd_with(config: &Path, jail: Jail<'_>) -> (Child, Receiver<String>) {
     let err_path = config.with_file_name("ssqd.stderr");
     let err = std::fs::File::create(&err_path).expect("stderr file");
-    let mut c = match hosts {
+    let mut c = match jail.hosts {
         None => Command::new(SSQD),
         Some(h) => {
             // `exec` keeps the pid: the ready line's pid is still the child's.
@@ -343,6 +352,23 @@ fn spawn_ssqd_with(config: &Path, hosts: Option<&Path>) -> (Child, Receiver<Stri
     };
     for v in SCRUB {
         c.env_remove(v);
+    }
+    if let Some(n) = jail.nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only setrlimit (async-signal-safe) between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
     }
     let mut child = c
         .arg("--config")
@@ -375,17 +401,34 @@ impl Node {
 
     /// Start ssqd for existing files and wait for its ready line.
     pub fn run(files: NodeDir) -> Node {
-        Node::run_in(files, None)
+        Node::run_in(files, Jail::default())
     }
 
     /// As [`Node::run`], with `hosts` as the daemon's `/etc/hosts` (see
     /// [`spawn_ssqd_with`]; root only).
     pub fn run_with_hosts(files: NodeDir, hosts: &Path) -> Node {
-        Node::run_in(files, Some(hosts))
+        Node::run_in(
+            files,
+            Jail {
+                hosts: Some(hosts),
+                nofile: None,
+            },
+        )
     }
 
-    fn run_in(files: NodeDir, hosts: Option<&Path>) -> Node {
-        let (mut child, lines) = spawn_ssqd_with(&files.config, hosts);
+    /// [`Node::run`] with RLIMIT_NOFILE at `n` (soft and hard).
+    pub fn run_with_nofile(files: NodeDir, n: u64) -> Node {
+        Node::run_in(
+            files,
+            Jail {
+                hosts: None,
+                nofile: Some(n),
+            },
+        )
+    }
+
+    fn run_in(files: NodeDir, jail: Jail<'_>) -> Node {
+        let (mut child, lines) = spawn_ssqd_with(&files.config, jail);
         let deadline = Instant::now() + READY;
         let line = loop {
             match lines.recv_timeout(Duration::from_millis(50)) {

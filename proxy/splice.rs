@@ -1,0 +1,359 @@
+//! A CONNECT tunnel's bytes moved between the two sockets without passing through user
+//! space: each direction is `splice(2)`d from its source socket into a pipe of its own
+//! and from the pipe into the other socket. The kernel hands the data's pages on
+//! instead of copying them twice through a buffer, and a tunnel that is quiet holds no
+//! buffer at all (an empty pipe keeps no pages), where a copying tunnel keeps two.
+//! An end of stream on one side is passed on as a half close, like
+//! `tokio::io::copy_bidirectional`; the tunnel ends when both directions have ended,
+//! when either socket fails, or when nothing has moved either way for the idle limit.
+//! Pipes cost descriptors: at most a budget of tunnels (a sixteenth of the descriptor
+//! limit) holds them; past it, tunnels copy as before.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+/// The most moved by one splice call (a pipe's default capacity).
+const STEP: usize = 64 * 1024;
+
+/// Tunnels that may hold pipes at once (four descriptors each, on top of their two
+/// sockets). Past it, tunnels copy instead: pipes never take the descriptors that new
+/// client connections need. Set from the descriptor limit at start ([`set_budget`]).
+static BUDGET: AtomicUsize = AtomicUsize::new(256);
+/// Tunnels holding pipes now.
+static IN_USE: AtomicUsize = AtomicUsize::new(0);
+
+/// Let at most `tunnels` tunnels hold pipes at once.
+pub fn set_budget(tunnels: usize) {
+    BUDGET.store(tunnels, Ordering::Relaxed);
+}
+
+/// One tunnel's place in the budget, given back when dropped.
+struct Slot;
+
+impl Slot {
+    fn take() -> Option<Slot> {
+        // Not `then_some(Slot)`: that would make (and drop, giving a place back) a Slot
+        // even when the claim failed.
+        if claim(&IN_USE, BUDGET.load(Ordering::Relaxed)) {
+            Some(Slot)
+        } else {
+            None
+        }
+    }
+}
+
+/// Count one more in `in_use` if that stays within `budget`; whether it did.
+fn claim(in_use: &AtomicUsize, budget: usize) -> bool {
+    let before = in_use.fetch_add(1, Ordering::Relaxed);
+    if before >= budget {
+        in_use.fetch_sub(1, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        IN_USE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A pipe, both ends non-blocking.
+struct Pipe {
+    /// The read end.
+    r: OwnedFd,
+    /// The write end.
+    w: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both are open descriptors that nothing else owns.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok(Pipe { r, w })
+    }
+}
+
+/// `splice(2)` up to `len` bytes from `from` to `to`, without blocking.
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain descriptors and null offsets (both are sockets or pipes).
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// One direction of a tunnel.
+struct Half {
+    /// Its pipe.
+    pipe: Pipe,
+    /// Bytes in the pipe, not yet passed on.
+    held: usize,
+    /// The source ended (its end of stream is passed on once the pipe is empty).
+    eof: bool,
+    /// The end of stream was passed on: this direction is over.
+    done: bool,
+    /// Bytes passed on, for the record.
+    count: Arc<AtomicU64>,
+}
+
+impl Half {
+    fn new(count: Arc<AtomicU64>) -> io::Result<Half> {
+        Ok(Half {
+            pipe: Pipe::new()?,
+            held: 0,
+            eof: false,
+            done: false,
+            count,
+        })
+    }
+
+    /// Move what `src` has to `dst` until one of them has to wait (Pending) or this
+    /// direction is over (Ready). `moved` is set when any byte moved.
+    fn poll(
+        &mut self,
+        src: &TcpStream,
+        dst: &TcpStream,
+        moved: &mut bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if self.held > 0 {
+                std::task::ready!(dst.poll_write_ready(cx))?;
+                let (pipe, held) = (self.pipe.r.as_raw_fd(), self.held);
+                match dst.try_io(Interest::WRITABLE, || splice(pipe, dst.as_raw_fd(), held)) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        self.held -= n;
+                        self.count.fetch_add(n as u64, Ordering::Relaxed);
+                        *moved = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                continue;
+            }
+            if self.eof {
+                // Everything is passed on: so is the end of stream (a half close).
+                // SAFETY: shutdown on an open socket descriptor.
+                unsafe { libc::shutdown(dst.as_raw_fd(), libc::SHUT_WR) };
+                self.done = true;
+                continue;
+            }
+            std::task::ready!(src.poll_read_ready(cx))?;
+            let pipe = self.pipe.w.as_raw_fd();
+            match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe, STEP)) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    self.held = n;
+                    *moved = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+/// A tunnel's two pipes, made before the sockets are handed over (so that a node out
+/// of descriptors can still run the tunnel the copying way).
+pub struct Tunnel {
+    /// Client to server.
+    to_server: Half,
+    /// Server to client.
+    to_client: Half,
+    /// Its place in the budget of tunnels with pipes.
+    slot: Slot,
+}
+
+impl Tunnel {
+    /// The pipes of a tunnel that counts the bytes from the client into `up` and those
+    /// to it into `down`.
+    ///
+    /// # Errors
+    /// When the budget of tunnels with pipes is spent, or a pipe cannot be made.
+    pub fn new(up: Arc<AtomicU64>, down: Arc<AtomicU64>) -> io::Result<Tunnel> {
+        let slot = Slot::take()
+            .ok_or_else(|| io::Error::other("every tunnel with pipes allowed is open"))?;
+        Ok(Tunnel {
+            to_server: Half::new(up)?,
+            to_client: Half::new(down)?,
+            slot,
+        })
+    }
+
+    /// Run the tunnel between `client` and `server` until both directions end,
+    /// either socket fails, or nothing moves either way for `idle`. `early` (bytes the
+    /// client sent right after its CONNECT, already read) goes to the server first.
+    ///
+    /// # Errors
+    /// A socket's failure, or the idle limit.
+    pub async fn run(
+        self,
+        client: TcpStream,
+        server: TcpStream,
+        early: &[u8],
+        idle: Duration,
+    ) -> io::Result<()> {
+        let Tunnel {
+            mut to_server,
+            mut to_client,
+            slot,
+        } = self;
+        let _slot = slot;
+        let mut server = server;
+        if !early.is_empty() {
+            match tokio::time::timeout(idle, server.write_all(early)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+            }
+            to_server
+                .count
+                .fetch_add(early.len() as u64, Ordering::Relaxed);
+        }
+        let server = server;
+        let mut last = Instant::now();
+        let mut timer: Option<Pin<Box<Sleep>>> = None;
+        std::future::poll_fn(|cx| {
+            let mut moved = false;
+            let a = to_server.poll(&client, &server, &mut moved, cx)?;
+            let b = to_client.poll(&server, &client, &mut moved, cx)?;
+            if a.is_ready() && b.is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            if moved {
+                last = Instant::now();
+            }
+            loop {
+                let due = last + idle;
+                let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                if t.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if Instant::now() >= due {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "tunnel idle timeout",
+                    )));
+                }
+                t.as_mut().reset(due);
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// Two connected sockets: (ours, theirs).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("address");
+        let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (a.expect("connect"), b.expect("accept").0)
+    }
+
+    #[tokio::test]
+    async fn both_directions_pass_intact_and_half_closes_pass_on() {
+        let (client_far, client) = pair().await;
+        let (server, server_far) = pair().await;
+        let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let t = Tunnel::new(up.clone(), down.clone()).expect("pipes");
+        let run = tokio::spawn(async move {
+            t.run(client, server, b"early:", Duration::from_secs(5))
+                .await
+        });
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut cr, mut cw) = client_far.into_split();
+        let (mut sr, mut sw) = server_far.into_split();
+        let send_up = {
+            let big = big.clone();
+            tokio::spawn(async move {
+                cw.write_all(&big).await.expect("client sends");
+                cw.shutdown().await.expect("client half-closes");
+            })
+        };
+        let send_down = {
+            let big = big.clone();
+            tokio::spawn(async move {
+                sw.write_all(&big[..1_000_000]).await.expect("server sends");
+                sw.shutdown().await.expect("server half-closes");
+            })
+        };
+        let mut at_server = Vec::new();
+        sr.read_to_end(&mut at_server).await.expect("server reads");
+        let mut at_client = Vec::new();
+        cr.read_to_end(&mut at_client).await.expect("client reads");
+        send_up.await.expect("client task");
+        send_down.await.expect("server task");
+        assert!(at_server.starts_with(b"early:"));
+        assert!(at_server[6..] == big[..], "the upward stream changed");
+        assert!(at_client == big[..1_000_000], "the downward stream changed");
+        let ended = tokio::time::timeout(Duration::from_secs(5), run).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+        assert_eq!(up.load(Ordering::Relaxed), 3_000_006);
+        assert_eq!(down.load(Ordering::Relaxed), 1_000_000);
+    }
+
+    #[test]
+    fn claims_stop_at_the_budget_and_a_release_makes_room() {
+        let in_use = AtomicUsize::new(0);
+        assert!(claim(&in_use, 2));
+        assert!(claim(&in_use, 2));
+        assert!(!claim(&in_use, 2), "past the budget");
+        assert_eq!(
+            in_use.load(Ordering::Relaxed),
+            2,
+            "a refused claim counts nothing"
+        );
+        in_use.fetch_sub(1, Ordering::Relaxed);
+        assert!(claim(&in_use, 2), "a closed tunnel's place is free");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_tunnel_ends_after_the_idle_limit() {
+        let (_client_far, client) = pair().await;
+        let (server, _server_far) = pair().await;
+        let zero = Arc::new(AtomicU64::new(0));
+        let tunnel = Tunnel::new(zero.clone(), zero).expect("pipes");
+        let t = std::time::Instant::now();
+        let r = tunnel
+            .run(client, server, b"", Duration::from_millis(300))
+            .await;
+        assert!(
+            matches!(&r, Err(e) if e.kind() == io::ErrorKind::TimedOut),
+            "{r:?}"
+        );
+        assert!(t.elapsed() >= Duration::from_millis(300));
+    }
+}
