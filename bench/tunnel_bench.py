@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """ssqd's CONNECT tunnels: throughput and CPU per GB, and memory per open tunnel.
 
-Starts a standalone ssqd the way proxy_bench.py does (its helpers are reused) and an
-in-process origin that sends N bytes on each connection it accepts. A client opens a
-CONNECT tunnel through ssqd to it and reads everything, several times: the figures are
-ssqd's CPU seconds (utime+stime) per GB moved and the wall-clock rate. Then it opens M
-tunnels whose origins stream into them while the clients read nothing (the socket
-buffers fill, the tunnels stall) and reads ssqd's VmRSS. Needs the release binaries
-(`cargo build --release`); Python 3.11 standard library only; no root needed.
+Starts a standalone ssqd the way proxy_bench.py does (its helpers are reused), an
+in-process origin that sends N bytes on each connection it accepts, and one that never
+sends. A client opens a CONNECT tunnel through ssqd to the first and reads everything,
+several times: the figures are ssqd's CPU seconds (utime+stime) per GB moved and the
+wall-clock rate. Then it opens M quiet tunnels (to the second: nothing in flight), then
+M tunnels whose origins stream into them while the clients read nothing (the socket
+buffers fill, the tunnels stall), and reads ssqd's VmRSS before and after each set:
+user-space memory only (what a stalled tunnel keeps in its pipes or socket buffers is
+kernel memory, not in it). Needs the release binaries (`cargo build --release`);
+Python 3.11 standard library only; no root needed.
 
     python3 bench/tunnel_bench.py                      # 2 GB x 3, 256 stalled tunnels
     python3 bench/tunnel_bench.py --gb 5 --reps 5 --tunnels 1024
@@ -57,6 +60,24 @@ def origin(size: int) -> tuple[socket.socket, int]:
     return ls, ls.getsockname()[1]
 
 
+def silent() -> tuple[socket.socket, int]:
+    """A listener that accepts connections and never sends (a quiet tunnel's far end)."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(4096)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(ls.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    return ls, ls.getsockname()[1]
+
+
 def open_tunnel(proxy: tuple[str, int], port: int) -> socket.socket:
     """A CONNECT tunnel to 127.0.0.1:`port`, its 200 read."""
     s = socket.create_connection(proxy, timeout=30)
@@ -87,13 +108,14 @@ def main() -> int:
 
     size = int(args.gb * 1e9)
     big, big_port = origin(size)
+    quiet, quiet_port = silent()
     procs = pb.Procs()
     socks: list[socket.socket] = []
     try:
         with tempfile.TemporaryDirectory(prefix="ssq-tunnel-bench-") as tmp:
             ssqd = pb.Ssqd(args.bin_dir, Path(tmp), "tunnel-bench", pb.SSQD_IP, procs, timeout=30)
             ssqd.start()
-            ssqd.apply(pb.ACCESS + f"connect: {{ ports: [443, {big_port}] }}\nrules: []\n")
+            ssqd.apply(pb.ACCESS + f"connect: {{ ports: [443, {big_port}, {quiet_port}] }}\nrules: []\n")
             host, port = ssqd.addr.rsplit(":", 1)
             proxy = (host, int(port))
             pid = ssqd.proc.pid
@@ -117,24 +139,33 @@ def main() -> int:
             time.sleep(1)
             idle = pb.rss_bytes(pid) / 2**20
             for _ in range(args.tunnels):
+                socks.append(open_tunnel(proxy, quiet_port))
+            time.sleep(2)
+            with_quiet = pb.rss_bytes(pid) / 2**20
+            for _ in range(args.tunnels):
                 socks.append(open_tunnel(proxy, big_port))
             time.sleep(2)
             stalled = pb.rss_bytes(pid) / 2**20
-            per = (stalled - idle) * 1024 / args.tunnels
+            per_quiet = (with_quiet - idle) * 1024 / args.tunnels
+            per = (stalled - with_quiet) * 1024 / args.tunnels
             med = lambda k: statistics.median(r[k] for r in runs)  # noqa: E731
             print(f"ssqd CONNECT tunnels: median {med('gb_s'):.2f} GB/s, {med('cpu_s_per_gb'):.3f} CPU-s/GB "
                   f"over {args.reps} x {args.gb:g} GB")
-            print(f"  RSS {idle:.2f} MiB -> {stalled:.2f} MiB with {args.tunnels} stalled tunnels "
-                  f"(+{per:.1f} KiB per tunnel)")
+            print(f"  RSS {idle:.2f} MiB -> {with_quiet:.2f} MiB with {args.tunnels} quiet tunnels "
+                  f"(+{per_quiet:.1f} KiB per tunnel)")
+            print(f"  -> {stalled:.2f} MiB with {args.tunnels} stalled tunnels more "
+                  f"(+{per:.1f} KiB of user-space memory per tunnel)")
             print(json.dumps({"gb": args.gb, "reps": args.reps, "gb_s": round(med("gb_s"), 3),
                               "cpu_s_per_gb": round(med("cpu_s_per_gb"), 3), "runs": runs,
                               "tunnels": args.tunnels, "rss_idle_mib": round(idle, 2),
-                              "rss_stalled_mib": round(stalled, 2), "kib_per_tunnel": round(per, 1)}))
+                              "rss_quiet_mib": round(with_quiet, 2), "kib_per_quiet_tunnel": round(per_quiet, 1),
+                              "rss_stalled_mib": round(stalled, 2), "kib_per_stalled_tunnel": round(per, 1)}))
     finally:
         for s in socks:
             s.close()
         procs.stop_all()
         big.close()
+        quiet.close()
     return 0
 
 

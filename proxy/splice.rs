@@ -1,13 +1,21 @@
 //! A CONNECT tunnel's bytes moved between the two sockets without passing through user
 //! space: each direction is `splice(2)`d from its source socket into a pipe of its own
 //! and from the pipe into the other socket. The kernel hands the data's pages on
-//! instead of copying them twice through a buffer, and a tunnel that is quiet holds no
-//! buffer at all (an empty pipe keeps no pages), where a copying tunnel keeps two.
+//! instead of copying them twice through a buffer. A tunnel with nothing in flight
+//! holds no buffer (an empty pipe keeps no pages), where a copying tunnel keeps two of
+//! 8 KiB; a stalled one (a reader that stopped) holds up to 64 KiB per direction in its
+//! pipe, kernel memory that RSS does not show, where a copying one holds 8 KiB.
 //! An end of stream on one side is passed on as a half close, like
 //! `tokio::io::copy_bidirectional`; the tunnel ends when both directions have ended,
 //! when either socket fails, or when nothing has moved either way for the idle limit.
-//! Pipes cost descriptors: at most a budget of tunnels (a sixteenth of the descriptor
-//! limit) holds them; past it, tunnels copy as before.
+//! Pipes cost descriptors, four per tunnel: at most a budget of tunnels (a sixteenth
+//! of the descriptor limit, so a quarter of the descriptors) holds them; past it,
+//! tunnels copy as before.
+//!
+//! Known limits: TCP urgent data (`MSG_OOB`, which neither TLS nor HTTP uses) stops a
+//! splice at its mark, so such a tunnel stalls there until the idle limit. Past the
+//! kernel's `fs.pipe-user-pages-soft` (for a user without CAP_SYS_RESOURCE), new pipes
+//! are small: those tunnels still work, with more system calls per byte.
 
 use std::future::Future;
 use std::io;
@@ -26,8 +34,8 @@ use tokio::time::{Instant, Sleep};
 const STEP: usize = 64 * 1024;
 
 /// Tunnels that may hold pipes at once (four descriptors each, on top of their two
-/// sockets). Past it, tunnels copy instead: pipes never take the descriptors that new
-/// client connections need. Set from the descriptor limit at start ([`set_budget`]).
+/// sockets). Past it, tunnels copy instead, so pipes take at most a bounded share of
+/// the descriptors. Set from the descriptor limit at start ([`set_budget`]).
 static BUDGET: AtomicUsize = AtomicUsize::new(256);
 /// Tunnels holding pipes now.
 static IN_USE: AtomicUsize = AtomicUsize::new(0);
@@ -226,8 +234,10 @@ impl Tunnel {
             mut to_client,
             slot,
         } = self;
-        let _slot = slot;
+
         let mut server = server;
+        // Before either direction starts: a client speaks first in every protocol a
+        // CONNECT carries in practice (TLS), so this write does not wait on the server.
         if !early.is_empty() {
             match tokio::time::timeout(idle, server.write_all(early)).await {
                 Ok(r) => r?,
@@ -240,7 +250,7 @@ impl Tunnel {
         let server = server;
         let mut last = Instant::now();
         let mut timer: Option<Pin<Box<Sleep>>> = None;
-        std::future::poll_fn(|cx| {
+        let ended = std::future::poll_fn(|cx| {
             let mut moved = false;
             let a = to_server.poll(&client, &server, &mut moved, cx)?;
             let b = to_client.poll(&server, &client, &mut moved, cx)?;
@@ -265,7 +275,12 @@ impl Tunnel {
                 t.as_mut().reset(due);
             }
         })
-        .await
+        .await;
+        // The pipes close before the tunnel's place in the budget is given back.
+        drop(to_server);
+        drop(to_client);
+        drop(slot);
+        ended
     }
 }
 
