@@ -325,9 +325,10 @@ pub fn can_replace_hosts() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// As [`spawn_ssqd`]; with `hosts`, ssqd runs in a mount namespace of its own where
-/// that file is `/etc/hosts` (see [`can_replace_hosts`]): names resolve as the test
-/// says, through the system's real resolver (no nscd runs on the test machines).
+/// As [`spawn_ssqd`], in `jail`: with `hosts`, ssqd runs in a mount namespace of its
+/// own where that file is `/etc/hosts` (see [`can_replace_hosts`]): names resolve as
+/// the test says, through the system's real resolver (no nscd runs on the test
+/// machines); with `nofile`, under that descriptor limit (soft and hard).
 fn spawn_ssqd_with(config: &Path, jail: Jail<'_>) -> (Child, Receiver<String>) {
     let err_path = config.with_file_name("ssqd.stderr");
     let err = std::fs::File::create(&err_path).expect("stderr file");
