@@ -22,6 +22,7 @@ mod reports_page;
 mod shipper;
 mod slave;
 mod splice;
+mod stall;
 mod sync_api;
 mod tracked;
 mod upbody;

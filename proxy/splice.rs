@@ -17,10 +17,8 @@
 //! kernel's `fs.pipe-user-pages-soft` (for a user without CAP_SYS_RESOURCE), new pipes
 //! are small: those tunnels still work, with more system calls per byte.
 
-use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -28,7 +26,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+
+use crate::stall::Stall;
 
 /// The most moved by one splice call (a pipe's default capacity).
 const STEP: usize = 64 * 1024;
@@ -248,8 +247,7 @@ impl Tunnel {
                 .fetch_add(early.len() as u64, Ordering::Relaxed);
         }
         let server = server;
-        let mut last = Instant::now();
-        let mut timer: Option<Pin<Box<Sleep>>> = None;
+        let mut stall = Stall::new(idle);
         let ended = std::future::poll_fn(|cx| {
             let mut moved = false;
             let a = to_server.poll(&client, &server, &mut moved, cx)?;
@@ -258,22 +256,13 @@ impl Tunnel {
                 return Poll::Ready(Ok(()));
             }
             if moved {
-                last = Instant::now();
+                stall.moved();
             }
-            loop {
-                let due = last + idle;
-                let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-                if t.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                if Instant::now() >= due {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "tunnel idle timeout",
-                    )));
-                }
-                t.as_mut().reset(due);
-            }
+            std::task::ready!(stall.poll_expired(cx));
+            Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "tunnel idle timeout",
+            )))
         })
         .await;
         // The pipes close before the tunnel's place in the budget is given back.

@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 
+use crate::stall::Stall;
 use crate::upload::Upload;
 use crate::upstream::Conn;
 
@@ -78,11 +79,7 @@ pub struct UpBody {
     /// Whether the connection may carry another request once the body is done.
     keep: bool,
     /// No byte from the upstream for this long fails the body (None: no limit).
-    stall: Option<Duration>,
-    /// When the upstream last sent something.
-    last: tokio::time::Instant,
-    /// Armed at the first read that has to wait; re-armed only when it fires early.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    stall: Option<Stall>,
     /// The rest of the request body, when the answer came before all of it: it goes on
     /// being sent while the answer is read.
     upload: Option<Upload>,
@@ -106,8 +103,6 @@ impl UpBody {
             state,
             keep,
             stall: None,
-            last: tokio::time::Instant::now(),
-            timer: None,
             upload: None,
         };
         // A body of nothing may never be polled: the connection is free at once.
@@ -119,8 +114,7 @@ impl UpBody {
 
     /// Fail the body when the upstream sends nothing for `limit`.
     pub fn with_stall_limit(mut self, limit: Duration) -> UpBody {
-        self.stall = Some(limit);
-        self.last = tokio::time::Instant::now();
+        self.stall = Some(Stall::new(limit));
         self
     }
 
@@ -145,9 +139,8 @@ impl UpBody {
             None => false,
         };
         if !moving {
+            // The answer's stall limit counts from its next wait (see `poll_fill`).
             self.upload = None;
-            // The answer's stall limit counts again, from now (see `poll_fill`).
-            self.last = tokio::time::Instant::now();
         }
     }
 
@@ -170,8 +163,6 @@ impl UpBody {
             conn,
             buf,
             stall,
-            last,
-            timer,
             upload,
             ..
         } = self;
@@ -192,34 +183,25 @@ impl UpBody {
             Poll::Pending => Poll::Pending,
         };
         if let Poll::Ready(r) = ready {
-            if stall.is_some() {
-                *last = tokio::time::Instant::now();
+            if let Some(s) = stall {
+                s.moved();
             }
             return Poll::Ready(r);
         }
         // While the rest of the upload goes on, an origin that sends nothing is not
         // stalled: it may answer once it has the whole body (the upload bounds its own
         // waits by the same limit).
-        let Some(limit) = stall.filter(|_| upload.is_none()) else {
+        let Some(stall) = stall.as_mut().filter(|_| upload.is_none()) else {
             return Poll::Pending;
         };
-        loop {
-            let due = *last + limit;
-            let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-            if t.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if tokio::time::Instant::now() >= due {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "upstream body: nothing received for {} s",
-                        limit.as_secs_f32()
-                    ),
-                )));
-            }
-            t.as_mut().reset(due);
-        }
+        std::task::ready!(stall.poll_expired(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "upstream body: nothing received for {} s",
+                stall.limit().as_secs_f32()
+            ),
+        )))
     }
 
     /// A line (without its CRLF) at the start of the buffer, consumed; None if incomplete.

@@ -8,7 +8,6 @@
 //! (`UploadStalled`). The body goes as it came (Content-Length) or chunked.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -19,8 +18,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use hyper::body::Body;
 use tokio::io::AsyncWrite;
-use tokio::time::{Instant, Sleep};
 
+use crate::stall::Stall;
 use crate::upstream::UpError;
 
 /// What the upload is waiting for, when it waits.
@@ -41,11 +40,7 @@ pub struct Upload {
     /// The body goes chunked.
     chunked: bool,
     /// Longest wait for either side.
-    idle: Duration,
-    /// When a part last moved (read only once the upload has had to wait).
-    last: Option<Instant>,
-    /// Armed at the first wait; re-armed only when it fires early.
-    timer: Option<Pin<Box<Sleep>>>,
+    stall: Stall,
     /// Everything was written.
     done: bool,
 }
@@ -62,9 +57,7 @@ impl Upload {
             body: Some(body),
             out: VecDeque::new(),
             chunked,
-            idle,
-            last: None,
-            timer: None,
+            stall: Stall::new(idle),
             done: false,
         }
     }
@@ -135,31 +128,17 @@ impl Upload {
 
     /// A part moved: the idle limit starts again.
     fn moved(&mut self) {
-        if self.timer.is_some() {
-            self.last = Some(Instant::now());
-        }
+        self.stall.moved();
     }
 
     /// Pending, or the error for waiting on `wait` longer than the idle limit.
     fn poll_stall(&mut self, cx: &mut Context<'_>, wait: Wait) -> Poll<Result<(), UpError>> {
-        // The first wait: the clock is read only now (most bodies never wait).
-        let last = *self.last.get_or_insert_with(Instant::now);
-        loop {
-            let due = last + self.idle;
-            let t = self
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-            if t.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if Instant::now() >= due {
-                return Poll::Ready(Err(match wait {
-                    Wait::Client => UpError::ClientStalled(self.idle),
-                    Wait::Origin => UpError::UploadStalled(self.idle),
-                }));
-            }
-            t.as_mut().reset(due);
-        }
+        std::task::ready!(self.stall.poll_expired(cx));
+        let idle = self.stall.limit();
+        Poll::Ready(Err(match wait {
+            Wait::Client => UpError::ClientStalled(idle),
+            Wait::Origin => UpError::UploadStalled(idle),
+        }))
     }
 }
 
