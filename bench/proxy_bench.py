@@ -382,7 +382,7 @@ error_log {d}/error.log warn;
 worker_rlimit_nofile 16384;
 events {{ worker_connections 8192; }}
 http {{
-    access_log off;
+    {f"access_log {d}/access.log combined buffer=64k flush=1s;" if self.origin else "access_log off;"}
     sendfile on;
     tcp_nopush on;
     tcp_nodelay on;
@@ -416,8 +416,10 @@ http {{
 
 
 class Squid:
-    def __init__(self, root: Path, procs: Procs):
-        self.dir = root / "squid"
+    def __init__(self, root: Path, procs: Procs, log: bool = True, name: str = "squid"):
+        self.dir = root / name
+        self.name = name
+        self.log = log
         self.procs = procs
         self.port = free_port(SQUID_IP)
         self.addr = f"{SQUID_IP}:{self.port}"
@@ -434,7 +436,7 @@ http_access allow bench_clients
 http_access deny all
 cache deny all
 cache_mem 0 MB
-access_log none
+access_log {f"stdio:{d}/access.log squid" if self.log else "none"}
 cache_store_log none
 cache_log {d}/cache.log
 pid_filename {d}/squid.pid
@@ -450,9 +452,9 @@ max_filedescriptors 16384
             shutil.chown(d, "proxy", "proxy")
         except (LookupError, PermissionError):
             d.chmod(0o777)
-        self.proc = self.procs.spawn("squid", [exe("squid"), "-N", "-f", str(conf)], d,
+        self.proc = self.procs.spawn(self.name, [exe("squid"), "-N", "-f", str(conf)], d,
                                      stop_sig=signal.SIGTERM)
-        wait_http(probe_url, self.addr, BODIES["1k"], 30, self.proc, "squid", d / "cache.log")
+        wait_http(probe_url, self.addr, BODIES["1k"], 30, self.proc, self.name, d / "cache.log")
 
     def version(self) -> str:
         p = subprocess.run([exe("squid"), "-v"], capture_output=True, text=True)
