@@ -282,10 +282,6 @@ enum End {
     Restart,
 }
 
-/// A proxy client's connection as hyper serves it: the smuggling scan and head timeout
-/// over the idle limit over the socket (a CONNECT's tunnel takes the socket back).
-pub type ClientIo = crate::framing::Framing<crate::idle::IdleIo<tokio::net::TcpStream>>;
-
 fn http1() -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new())
@@ -452,61 +448,11 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                 let _ = tcp.set_nodelay(true);
                 let limits = proxy.limits();
                 let permit = conns.acquire(peer.ip(), limits.max_connections_per_client, limits.max_connections);
-                let watcher = graceful.watcher();
-                let mut stopping = node.stopping.subscribe();
-                tokio::spawn(async move {
-                    let mut b = hyper::server::conn::http1::Builder::new();
-                    b.timer(TokioTimer::new())
-                        .header_read_timeout(limits.header_read_timeout)
-                        .max_buf_size(usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX).max(8192))
-                        .keep_alive(permit.is_ok());
-                    match permit {
-                        Ok(permit) => {
-                            // Upgradeable connections drain by hand: on stop, finish the
-                            // request in flight, then close; the permit counts as open
-                            // until then (the drain waits for the count to reach zero).
-                            drop(watcher);
-                            let idle_io = crate::idle::IdleIo::new(tcp, limits.idle_timeout);
-                            let waiting = idle_io.waiting();
-                            let (io, findings) = crate::framing::Framing::new(idle_io, limits.header_read_timeout);
-                            // The head timeout is the scan's: from a head's first byte,
-                            // not from the end of the previous response.
-                            b.header_read_timeout(None);
-                            let index = Arc::new(std::sync::atomic::AtomicU64::new(0));
-                            let p = proxy.clone();
-                            let permit = Arc::new(permit);
-                            let hold = permit.clone();
-                            let svc = service_fn(move |req| {
-                                let i = index.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                let w = crate::idle::Waiting::enter(&waiting);
-                                // The handler's future as it is: an `async` wrapper
-                                // around it would store it twice (once captured, once
-                                // awaited), 6 KiB more for every open connection.
-                                p.clone().handle(peer, findings.is_ambiguous(i), hold.clone(), req, w)
-                            });
-                            let conn = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
-                            let mut conn = std::pin::pin!(conn);
-                            let result = tokio::select! {
-                                r = conn.as_mut() => r,
-                                _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
-                                    conn.as_mut().graceful_shutdown();
-                                    conn.await
-                                }
-                            };
-                            // A request hyper refused while parsing never reached the
-                            // handler: it still gets its record.
-                            if let Err(e) = result {
-                                proxy.parse_refused(peer, &e);
-                            }
-                            drop(permit);
-                        }
-                        Err(which) => {
-                            let svc = service_fn(move |req| proxy.clone().over_limit(peer, which, req));
-                            let conn = b.serve_connection(TokioIo::new(tcp), svc);
-                            let _ = watcher.watch(conn).await;
-                        }
-                    }
-                });
+                // A connection over a limit is answered (429 or 503) and closed; one
+                // within them holds its place until it closes, and on stop finishes the
+                // request in flight first (the drain waits for the count to reach zero).
+                let stopping = node.stopping.subscribe();
+                tokio::spawn(crate::clientconn::serve(proxy, tcp, peer, limits, permit, stopping));
             }
             _ = sigterm.recv() => break End::Drain,
             _ = sigint.recv() => break End::Now,

@@ -12,13 +12,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
+use crate::reqbody::ClientBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use ssq::accessrecord::AccessRecord;
 use ssq::policy::{EffectiveLimits, Request as PolicyRequest, Verdict};
 
@@ -26,7 +24,6 @@ use crate::accesslog::AccessLog;
 use crate::active::ActivePolicy;
 use crate::connlimit::Permit;
 use crate::dnscache::DnsCache;
-use crate::framing::HeadTimeout;
 use crate::node::Node;
 use crate::pages;
 use crate::tracked::{CountIo, Counted, ProxyBody, RecordGuard, Tracked};
@@ -201,12 +198,12 @@ impl Proxy {
     }
 
     /// Answer a request on a connection past a limit (429 per client, 503 in total).
-    pub async fn over_limit(
-        self: Arc<Self>,
+    pub fn over_limit(
+        &self,
         client: SocketAddr,
         which: crate::connlimit::Refused,
-        req: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+        req: Request<ClientBody>,
+    ) -> Response<ProxyBody> {
         let rec = AccessRecord {
             time_ms: now_ms(),
             node: self.node.files.startup.node.clone(),
@@ -218,7 +215,7 @@ impl Proxy {
             ..AccessRecord::default()
         };
         let guard = RecordGuard::new(rec, Instant::now(), self.log.clone());
-        Ok(match which {
+        match which {
             crate::connlimit::Refused::PerClient => self.refuse(
                 429,
                 "Too many connections",
@@ -231,23 +228,12 @@ impl Proxy {
                 "this proxy has reached its connection limit (limits.max_connections); try again shortly",
                 guard,
             ),
-        })
+        }
     }
 
-    /// Record a request that hyper refused while parsing it (the client got hyper's
-    /// 400 or 431), or whose head did not arrive in time (408, from `framing`): it never
-    /// reached `handle`, but it is a request all the same.
-    pub fn parse_refused(&self, client: SocketAddr, e: &hyper::Error) {
-        let late = std::error::Error::source(e)
-            .and_then(|s| s.downcast_ref::<std::io::Error>())
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<HeadTimeout>());
-        let (status, rule) = match late {
-            Some(t) => (408, format!("header_read_timeout: {t}")),
-            None if e.is_parse_too_large() => (431, format!("malformed request: {e}")),
-            None if e.is_parse() => (400, format!("malformed request: {e}")),
-            None => return,
-        };
+    /// Record a request whose head was refused (`clientconn`: 400 malformed, 431 too
+    /// large, 408 too slow): it never reached `handle`, but it is a request all the same.
+    pub fn head_refused(&self, client: SocketAddr, status: u16, rule: String) {
         let rec = AccessRecord {
             time_ms: now_ms(),
             node: self.node.files.startup.node.clone(),
@@ -276,10 +262,9 @@ impl Proxy {
         client: SocketAddr,
         ambiguous: bool,
         hold: Arc<Permit>,
-        req: Request<Incoming>,
-        waiting: crate::idle::Waiting,
+        req: Request<ClientBody>,
     ) -> Handling<impl Future<Output = Response<ProxyBody>> + Send> {
-        match self.step(client, ambiguous, hold, req, waiting) {
+        match self.step(client, ambiguous, hold, req) {
             Step::Answer(resp) => Handling::Answer { resp: Some(resp) },
             Step::Go(job) => Handling::Go { fut: self.go(job) },
         }
@@ -291,8 +276,7 @@ impl Proxy {
         client: SocketAddr,
         ambiguous: bool,
         hold: Arc<Permit>,
-        req: Request<Incoming>,
-        waiting: crate::idle::Waiting,
+        req: Request<ClientBody>,
     ) -> Step {
         let start = Instant::now();
         let is_connect = req.method() == Method::CONNECT;
@@ -326,7 +310,7 @@ impl Proxy {
         };
         rec.revision = active.doc.info.revision;
         let guard = RecordGuard::new(rec, start, self.log.clone());
-        self.decide(active, client, ambiguous, hold, req, guard, waiting)
+        self.decide(active, client, ambiguous, hold, req, guard)
     }
 
     /// The checks and the policy's verdict: a page of our own, or a job to do.
@@ -337,9 +321,8 @@ impl Proxy {
         client: SocketAddr,
         ambiguous: bool,
         hold: Arc<Permit>,
-        mut req: Request<Incoming>,
+        req: Request<ClientBody>,
         mut guard: RecordGuard,
-        waiting: crate::idle::Waiting,
     ) -> Step {
         // Framing that two parsers could read differently is refused outright.
         if ambiguous {
@@ -431,10 +414,7 @@ impl Proxy {
         let limits = *active.matcher.limits();
         drop(active);
         let kind = if is_connect {
-            JobKind::Tunnel {
-                upgrade: hyper::upgrade::on(&mut req),
-                hold,
-            }
+            JobKind::Tunnel { hold }
         } else {
             drop(hold);
             let (out, body) = self.prepare(req, &host, guard.up.clone());
@@ -446,7 +426,6 @@ impl Proxy {
             port,
             limits,
             kind,
-            _waiting: waiting,
         })
     }
 
@@ -454,10 +433,10 @@ impl Proxy {
     /// headers stripped, `Via` added), and the client's body counted into `up`.
     fn prepare(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         host: &str,
         up: Arc<std::sync::atomic::AtomicU64>,
-    ) -> (Prepared, Counted<Incoming>) {
+    ) -> (Prepared, Counted<ClientBody>) {
         let (mut parts, body) = req.into_parts();
         // The Host the client named (or the target's), never the resolved address.
         let host_value = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -500,11 +479,8 @@ impl Proxy {
             port,
             limits,
             kind,
-            _waiting,
         } = job;
         async move {
-            // Held until the answer's head: the connection is not idle meanwhile.
-            let _waiting = &_waiting;
             let targets = match self.resolve(&host, port, &limits).await {
                 Ok(t) => t,
                 Err((status, why)) => {
@@ -518,11 +494,11 @@ impl Proxy {
             };
             guard.rec.peer = Some(targets.first.ip().to_string());
             match kind {
-                JobKind::Tunnel { upgrade, hold } => {
+                JobKind::Tunnel { hold } => {
                     match connect_first(targets.tried(), limits.upstream_connect_timeout).await {
                         Ok((tcp, used)) => {
                             self.connected(&host, &targets, used, &mut guard);
-                            self.tunnel(tcp, upgrade, limits.idle_timeout, guard, hold)
+                            self.tunnel(tcp, limits.idle_timeout, guard, hold)
                         }
                         Err(e) => self.unreachable(e, &targets, guard),
                     }
@@ -709,47 +685,16 @@ impl Proxy {
     }
 
     /// The client's response to a CONNECT whose target took the connection `tcp`: 200,
-    /// and a tunnel once hyper hands the client's connection over. The tunnel's task
-    /// holds the record and the connection's place in the limits until it closes; it
-    /// ends when both sides have closed, or when nothing moved for `idle`.
+    /// carrying the tunnel that `clientconn` runs on the client's socket once the 200
+    /// is written.
     fn tunnel(
         &self,
         tcp: TcpStream,
-        upgrade: OnUpgrade,
         idle: std::time::Duration,
         mut guard: RecordGuard,
         hold: Arc<Permit>,
     ) -> Response<ProxyBody> {
         guard.rec.status = 200;
-        // The pipes first: a node out of descriptors still tunnels, by copying.
-        let pipes = crate::splice::Tunnel::new(guard.up.clone(), guard.down.clone()).ok();
-        tokio::spawn(async move {
-            let mut tcp = tcp;
-            if let Ok(upgraded) = upgrade.await {
-                // The client's own socket back from hyper (with what it read past the
-                // CONNECT head), for a zero-copy tunnel.
-                let parts = match pipes {
-                    Some(pipes) => upgraded
-                        .downcast::<TokioIo<crate::daemon::ClientIo>>()
-                        .map(|p| (pipes, p)),
-                    None => Err(upgraded),
-                };
-                match parts {
-                    Ok((pipes, p)) => {
-                        let client = p.io.into_inner().into_inner().into_inner();
-                        let _ = pipes.run(client, tcp, &p.read_buf, idle).await;
-                    }
-                    Err(upgraded) => {
-                        let mut client = CountIo::new(TokioIo::new(upgraded), guard.up.clone());
-                        let mut server = CountIo::new(&mut tcp, guard.down.clone());
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                }
-            }
-            drop(guard);
-            // The connection's place in the limits is held until the tunnel closes.
-            drop(hold);
-        });
         let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut r = Response::new(Tracked::new(
             Either::Left(Full::new(Bytes::new())),
@@ -757,7 +702,72 @@ impl Proxy {
             None,
         ));
         r.headers_mut().insert(header::VIA, self.via.clone());
+        let job = TunnelJob {
+            tcp,
+            idle,
+            guard,
+            hold,
+        };
+        r.extensions_mut()
+            .insert(TunnelTo(Arc::new(std::sync::Mutex::new(Some(job)))));
         r
+    }
+}
+
+/// A CONNECT's tunnel, to run once its 200 is written: the target's connection, the
+/// record (written when the tunnel closes) and the connection's place in the limits.
+pub struct TunnelJob {
+    tcp: TcpStream,
+    idle: std::time::Duration,
+    guard: RecordGuard,
+    hold: Arc<Permit>,
+}
+
+/// The tunnel of a CONNECT's answer (a response extension, taken once).
+#[derive(Clone)]
+pub struct TunnelTo(Arc<std::sync::Mutex<Option<TunnelJob>>>);
+
+impl TunnelTo {
+    /// The tunnel, if not taken yet.
+    pub fn take(&self) -> Option<TunnelJob> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl TunnelJob {
+    /// Carry bytes both ways between `client` and the target (`early`: what the client
+    /// sent past the CONNECT head, for the target first) until both sides have closed
+    /// or nothing moved for the idle limit. Zero-copy (splice) when pipes are to be
+    /// had; copied otherwise.
+    pub async fn run(self, client: TcpStream, early: &[u8]) {
+        let TunnelJob {
+            mut tcp,
+            idle,
+            guard,
+            hold,
+        } = self;
+        match crate::splice::Tunnel::new(guard.up.clone(), guard.down.clone()) {
+            Ok(pipes) => {
+                let _ = pipes.run(client, tcp, early, idle).await;
+            }
+            Err(_) => {
+                use tokio::io::AsyncWriteExt;
+                if tcp.write_all(early).await.is_ok() {
+                    guard
+                        .up
+                        .fetch_add(early.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    let mut client = CountIo::new(client, guard.up.clone());
+                    let mut server = CountIo::new(&mut tcp, guard.down.clone());
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            }
+        }
+        drop(guard);
+        // The connection's place in the limits is held until the tunnel closes.
+        drop(hold);
     }
 }
 
@@ -782,8 +792,6 @@ struct Job {
     limits: EffectiveLimits,
     /// Forward or tunnel.
     kind: JobKind,
-    /// Held until the answer's head.
-    _waiting: crate::idle::Waiting,
 }
 
 /// The two kinds of job.
@@ -791,14 +799,10 @@ enum JobKind {
     /// A request, its head serialized, and its body.
     Forward {
         out: Prepared,
-        body: Counted<Incoming>,
+        body: Counted<ClientBody>,
     },
-    /// A CONNECT: the client's connection once hyper hands it over, and its place in
-    /// the limits (held by the tunnel).
-    Tunnel {
-        upgrade: OnUpgrade,
-        hold: Arc<Permit>,
-    },
+    /// A CONNECT, and the connection's place in the limits (held by the tunnel).
+    Tunnel { hold: Arc<Permit> },
 }
 
 pin_project_lite::pin_project! {
@@ -812,17 +816,25 @@ pin_project_lite::pin_project! {
     }
 }
 
+impl<F> Handling<F> {
+    /// The request is to be forwarded or tunnelled (not answered by a page of ours).
+    pub fn is_go(&self) -> bool {
+        matches!(self, Handling::Go { .. })
+    }
+}
+
 impl<F: Future<Output = Response<ProxyBody>>> Future for Handling<F> {
-    type Output = Result<Response<ProxyBody>, std::convert::Infallible>;
+    type Output = Response<ProxyBody>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             HandlingProj::Answer { resp } => match resp.take() {
-                Some(r) => Poll::Ready(Ok(r)),
-                // Polled again after its answer: never, by hyper's contract.
+                Some(r) => Poll::Ready(r),
+                // Polled again after its answer: never (a future is not polled after
+                // it is ready).
                 None => Poll::Pending,
             },
-            HandlingProj::Go { fut } => fut.poll(cx).map(Ok),
+            HandlingProj::Go { fut } => fut.poll(cx),
         }
     }
 }

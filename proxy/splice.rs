@@ -188,6 +188,89 @@ impl Half {
     }
 }
 
+/// One pipe for moving response bodies from an origin's socket to a client's: a
+/// client connection makes it for its first large body and keeps it, empty between
+/// bodies. It takes a place in the same budget as a tunnel.
+pub struct Relay {
+    pipe: Pipe,
+    _slot: Slot,
+}
+
+impl Relay {
+    /// A relay, if the budget has room and a pipe can be made.
+    pub fn new() -> Option<Relay> {
+        let slot = Slot::take()?;
+        let pipe = Pipe::new().ok()?;
+        Some(Relay { pipe, _slot: slot })
+    }
+
+    /// Move exactly `n` bytes from `src` to `dst`, counting them into `count`; each
+    /// wait (for the origin to send, or the client to take) is bounded by `idle`.
+    /// Returns the bytes moved to `dst`; on an error the pipe may hold bytes and the
+    /// relay must not be used again.
+    pub async fn run(
+        &mut self,
+        src: &TcpStream,
+        dst: &TcpStream,
+        n: u64,
+        count: &AtomicU64,
+        idle: Duration,
+    ) -> io::Result<u64> {
+        let mut stall = Stall::new(idle);
+        let mut left = n;
+        let mut held = 0usize;
+        std::future::poll_fn(|cx| loop {
+            if held > 0 {
+                let pipe = self.pipe.r.as_raw_fd();
+                match dst.try_io(Interest::WRITABLE, || splice(pipe, dst.as_raw_fd(), held)) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(m) => {
+                        held -= m;
+                        count.fetch_add(m as u64, Ordering::Relaxed);
+                        stall.moved();
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                if dst.poll_write_ready(cx)?.is_ready() {
+                    continue;
+                }
+            } else if left == 0 {
+                return Poll::Ready(Ok(n));
+            } else {
+                let pipe = self.pipe.w.as_raw_fd();
+                let want = usize::try_from(left).unwrap_or(STEP).min(STEP);
+                match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe, want)) {
+                    Ok(0) => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the upstream closed before the end of the body",
+                        )))
+                    }
+                    Ok(m) => {
+                        held = m;
+                        left -= m as u64;
+                        stall.moved();
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                if src.poll_read_ready(cx)?.is_ready() {
+                    continue;
+                }
+            }
+            std::task::ready!(stall.poll_expired(cx));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("nothing moved for {} s", idle.as_secs_f32()),
+            )));
+        })
+        .await
+    }
+}
+
 /// A tunnel's two pipes, made before the sockets are handed over (so that a node out
 /// of descriptors can still run the tunnel the copying way).
 pub struct Tunnel {

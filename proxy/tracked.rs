@@ -114,6 +114,13 @@ impl<B> Tracked<B> {
     }
 }
 
+impl<B> Tracked<B> {
+    /// The body inside, and the counter of the bytes that passed.
+    pub fn parts_mut(&mut self) -> (&mut B, &Arc<AtomicU64>) {
+        (&mut self.inner.inner, &self.inner.counter)
+    }
+}
+
 impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
     type Data = Bytes;
     type Error = B::Error;

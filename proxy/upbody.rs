@@ -128,6 +128,37 @@ impl UpBody {
         self
     }
 
+    /// The upstream socket and the bytes of the body still to come from it, when the
+    /// rest may be moved socket to socket by the caller (see [`UpBody::spliced`]): a
+    /// Content-Length body with nothing left in the buffer and no upload going on.
+    pub fn splice_source(&self) -> Option<(&tokio::net::TcpStream, u64)> {
+        match (self.state, &self.conn) {
+            (State::Length(n), Some(conn))
+                if n > 0 && self.buf.is_empty() && self.upload.is_none() =>
+            {
+                Some((&conn.stream, n))
+            }
+            _ => None,
+        }
+    }
+
+    /// `n` more bytes of the body were moved from the socket by the caller; at the end
+    /// the connection goes back to the pool.
+    pub fn spliced(&mut self, n: u64) {
+        if let State::Length(rem) = self.state {
+            self.state = State::Length(rem.saturating_sub(n));
+            if matches!(self.state, State::Length(0)) {
+                self.finish();
+            }
+        }
+    }
+
+    /// The caller's move failed: the body is over and the connection not reused.
+    pub fn abandon(&mut self) {
+        self.state = State::Done;
+        self.conn = None;
+    }
+
     /// Move the rest of the upload on, if there is one. Once it fails (the client or
     /// the origin stopped), it is dropped: the answer still goes to the client.
     fn poll_upload(&mut self, cx: &mut Context<'_>) {
