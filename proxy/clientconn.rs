@@ -47,10 +47,9 @@ use crate::splice::Relay;
 use crate::stall::Stall;
 use crate::tracked::ProxyBody;
 
-/// Longest a closing connection reads and drops what its client still sends.
-const LINGER: Duration = Duration::from_secs(2);
-/// Most bytes a closing connection reads and drops.
-const LINGER_BYTES: usize = 1 << 20;
+/// Longest a closing connection reads and drops what its client still sends (nginx's
+/// `lingering_time` is 30 s; a client still sending after this is reset).
+const LINGER: Duration = Duration::from_secs(5);
 /// The least rest of a body worth moving socket to socket rather than copying.
 const RELAY_MIN: u64 = 16 * 1024;
 /// First read of a head.
@@ -421,15 +420,16 @@ async fn send(wr: &mut OwnedWriteHalf, parts: &[&[u8]], idle: Duration) -> io::R
 
 /// Close gently: shut our side for writing (the client sees the end of the answer),
 /// then read and drop what the client still sends, until it closes or for at most
-/// [`LINGER`], so the close does not reset a connection with unread data.
+/// [`LINGER`], so the close does not reset a connection with unread data (a client
+/// that sends its whole body before it reads would fail to send, and never read the
+/// answer).
 async fn linger(mut reader: Reader, wr: OwnedWriteHalf) {
     drop(wr);
-    let mut dropped = 0usize;
     let _ = tokio::time::timeout(LINGER, async {
         loop {
             reader.buf.clear();
-            match poll_fn(|cx| reader.poll_fill(cx, 16 * 1024)).await {
-                Ok(n) if n > 0 && dropped < LINGER_BYTES => dropped += n,
+            match poll_fn(|cx| reader.poll_fill(cx, 64 * 1024)).await {
+                Ok(n) if n > 0 => {}
                 _ => return,
             }
         }

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod rawhttp;
+
 use std::io::BufRead;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -894,6 +896,20 @@ pub fn read_http_request<R: std::io::BufRead>(r: &mut R) -> Option<(String, Vec<
         r.read_exact(&mut body).ok()?;
     }
     Some((head, body))
+}
+
+/// How many pipe descriptors process `pid` holds (`/proc/PID/fd`).
+pub fn pipe_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|t| t.to_string_lossy().starts_with("pipe:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// What curl did.
