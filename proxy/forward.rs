@@ -613,6 +613,10 @@ impl Proxy {
             Err(e @ UpError::ClientStalled(_)) => {
                 return self.refuse(408, "Request timeout", &e.to_string(), guard)
             }
+            // A malformed body (a bad chunk), or one the client broke off.
+            Err(e @ UpError::ClientBody(_)) => {
+                return self.refuse(400, "Bad request", &e.to_string(), guard)
+            }
             Err(e @ UpError::UploadStalled(_)) => {
                 return self.refuse(
                     504,
