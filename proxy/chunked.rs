@@ -33,6 +33,10 @@ enum State {
 #[derive(Debug)]
 pub struct Decoder {
     state: State,
+    /// Lines must end with CRLF and hold no control characters but tabs (a client's
+    /// body, which a parser in front of the proxy may have read too: any leniency is
+    /// room for the two to disagree).
+    strict: bool,
 }
 
 fn bad(why: &str) -> io::Error {
@@ -48,12 +52,24 @@ impl Decoder {
             } else {
                 State::Length(n)
             },
+            strict: false,
         }
     }
 
-    /// A chunked body.
+    /// A chunked body (an origin's: a bare LF ends a line too).
     pub fn chunked() -> Decoder {
-        Decoder { state: State::Size }
+        Decoder {
+            state: State::Size,
+            strict: false,
+        }
+    }
+
+    /// A chunked body whose lines must be exact (a client's).
+    pub fn chunked_strict() -> Decoder {
+        Decoder {
+            state: State::Size,
+            strict: true,
+        }
     }
 
     /// The body ended.
@@ -67,6 +83,28 @@ impl Decoder {
             State::Length(n) => Some(n),
             State::Done => Some(0),
             _ => None,
+        }
+    }
+
+    /// How many bytes the next read should make room for, at most `max`: the rest of
+    /// the body or of the chunk; a little for a chunk-size or trailer line.
+    pub fn want(&self, max: usize) -> usize {
+        match self.state {
+            State::Length(n) | State::Data(n) => usize::try_from(n).unwrap_or(max).min(max),
+            _ => 1024,
+        }
+    }
+
+    /// `n` bytes of a Content-Length body were taken by the caller, not through
+    /// [`Decoder::decode`] (moved socket to socket).
+    pub fn consumed(&mut self, n: u64) {
+        if let State::Length(left) = self.state {
+            let left = left.saturating_sub(n);
+            self.state = if left == 0 {
+                State::Done
+            } else {
+                State::Length(left)
+            };
         }
     }
 
@@ -94,7 +132,7 @@ impl Decoder {
                     return Ok(Some(buf.split_to(take).freeze()));
                 }
                 State::Size => {
-                    let Some(line) = take_line(buf)? else {
+                    let Some(line) = take_line(buf, self.strict)? else {
                         return Ok(None);
                     };
                     // Hex digits only (whitespace allowed before an extension).
@@ -125,7 +163,7 @@ impl Decoder {
                     self.state = State::Size;
                 }
                 State::Trailers(seen) => {
-                    let Some(line) = take_line(buf)? else {
+                    let Some(line) = take_line(buf, self.strict)? else {
                         return Ok(None);
                     };
                     if line.is_empty() {
@@ -144,13 +182,20 @@ impl Decoder {
 }
 
 /// A line (without its CRLF) at the start of `buf`, taken off it; None if incomplete.
-fn take_line(buf: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+/// `strict`: it must end with CRLF and hold no control character but tabs.
+fn take_line(buf: &mut BytesMut, strict: bool) -> io::Result<Option<BytesMut>> {
     match buf.iter().position(|&b| b == b'\n') {
         Some(i) => {
             let mut line = buf.split_to(i + 1);
             line.truncate(i);
-            if line.last() == Some(&b'\r') {
+            let cr = line.last() == Some(&b'\r');
+            if cr {
                 line.truncate(i - 1);
+            }
+            if strict && (!cr || line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)) {
+                return Err(bad(
+                    "a chunk line not ended by CRLF, or with a control character",
+                ));
             }
             Ok(Some(line))
         }
@@ -196,7 +241,9 @@ mod tests {
 
     #[test]
     fn length_stops_at_its_count() {
-        let mut d = Decoder::length(3);
+        let mut d = Decoder::length(10);
+        d.consumed(7);
+        assert_eq!(d.exact_left(), Some(3));
         assert_eq!(d.exact_left(), Some(3));
         let mut buf = BytesMut::from(&b"abcdef"[..]);
         assert_eq!(
@@ -226,5 +273,23 @@ mod tests {
         }
         let mut buf = BytesMut::from(vec![b'1'; MAX_LINE + 1].as_slice());
         assert!(Decoder::chunked().decode(&mut buf).is_err());
+        // A client's lines must be exact; an origin's may end with a bare LF.
+        for lax in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nX: \x01\r\n\r\n",
+        ] {
+            let mut d = Decoder::chunked_strict();
+            let mut buf = BytesMut::from(lax);
+            let r = (|| {
+                while d.decode(&mut buf)?.is_some() {}
+                Ok::<_, io::Error>(())
+            })();
+            assert!(r.is_err(), "strict took {lax:?}");
+        }
+        let mut d = Decoder::chunked();
+        let mut buf = BytesMut::from(&b"5\nhello\r\n0\n\n"[..]);
+        while d.decode(&mut buf).expect("lenient").is_some() {}
+        assert!(d.is_done());
     }
 }

@@ -21,6 +21,7 @@
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -111,19 +112,33 @@ pub async fn serve(
         let connect = head.method == Method::CONNECT;
         let expect = head.expect_continue;
         let ambiguous = head.ambiguous;
-        let (req, loan) = request(head, reader);
+        let (req, mut loan) = request(head, reader);
+        // Whether the request goes on to an origin (else a page of ours answers it).
+        let mut forwarded = false;
         let resp = match &hold {
             Ok(h) => {
                 let handling = proxy.clone().handle(peer, ambiguous, h.clone(), req);
+                forwarded = handling.is_go();
                 // The go-ahead only for an upload that is to be forwarded: a refused one
                 // gets its answer without the client sending its body first.
-                if expect && loan.is_err() && handling.is_go() {
+                if expect && loan.is_err() && forwarded {
                     let go = b"HTTP/1.1 100 Continue\r\n\r\n";
                     if send(&mut wr, &[go], limits.idle_timeout).await.is_err() {
                         return;
                     }
                 }
-                handling.await
+                let mut handling = std::pin::pin!(handling);
+                match &mut loan {
+                    // A client that closes while its request waits for the origin has
+                    // gone: the request is dropped (its record is written), as hyper
+                    // did, instead of running on to the upstream's timeouts.
+                    Ok(r) => tokio::select! {
+                        biased;
+                        resp = handling.as_mut() => resp,
+                        () = client_gone(r) => return,
+                    },
+                    Err(_) => handling.await,
+                }
             }
             Err(which) => proxy.over_limit(peer, *which, req),
         };
@@ -136,16 +151,30 @@ pub async fn serve(
             body.size_hint().exact(),
             http10,
         );
-        // An upload may still be going on while the answer is written: whether it
-        // ends in time to keep the connection is known only afterwards.
-        let keep = keep && out != Out::Close && !connect_ok;
+        // Not kept: an answer framed by closing; a CONNECT (a tunnel follows, or the
+        // bytes the client sent after a refused one would be read as a request); a body
+        // refused unread (a page of ours answered it). A forwarded upload may still be
+        // going on while the answer is written: whether it ends in time to keep the
+        // connection is known only afterwards.
+        let keep = keep && out != Out::Close && !connect && (loan.is_ok() || forwarded);
         let mut head = Vec::with_capacity(512);
-        resphead::write(&mut head, parts.status, &parts.headers, out, keep, http10);
+        // A CONNECT's 200 says nothing of the connection: the tunnel follows.
+        let say_keep = keep || connect_ok;
+        resphead::write(
+            &mut head,
+            parts.status,
+            &parts.headers,
+            out,
+            say_keep,
+            http10,
+        );
         if connect_ok {
             let job = parts.extensions.remove::<TunnelTo>().and_then(|t| t.take());
             if send(&mut wr, &[&head], limits.idle_timeout).await.is_err() {
                 return;
             }
+            // The tunnel makes its own pipes.
+            drop(relay);
             if let (Some(job), Ok(r)) = (job, loan) {
                 if let Ok(client) = r.rd.reunite(wr) {
                     job.run(client, &r.buf).await;
@@ -167,6 +196,11 @@ pub async fn serve(
         };
         reader = r;
         if written.is_err() {
+            // A broken answer ends with a reset, not a clean close: a client reading
+            // to the end of the connection must not take a cut body for a whole one.
+            reset(&wr);
+            // Dropped as it is, the write half would send a FIN first.
+            wr.forget();
             return;
         }
         if !keep || !body_done {
@@ -194,7 +228,7 @@ fn request(head: ReqHead, reader: Reader) -> (Request<ClientBody>, Result<Reader
             (ClientBody::lent(loan.clone()), Err(loan))
         }
         BodyFraming::Chunked => {
-            let loan = reqbody::lend(reader, Decoder::chunked());
+            let loan = reqbody::lend(reader, Decoder::chunked_strict());
             (ClientBody::lent(loan.clone()), Err(loan))
         }
     };
@@ -223,10 +257,20 @@ async fn read_head<S: std::future::Future<Output = ()>>(
     mut waits: Waits<'_, S>,
 ) -> Result<Option<ReqHead>, (u16, String)> {
     let idle_until = Instant::now() + limits.idle_timeout;
-    // From the head's first byte (a pipelined head's: now).
-    let mut started = (!reader.buf.is_empty()).then(Instant::now);
+    // From the head's first byte (a pipelined head's: now). Empty lines before a head
+    // (RFC 9112 2.2) do not start it.
+    let begun = |buf: &BytesMut| buf.iter().any(|&b| b != b'\r' && b != b'\n');
+    let mut started = begun(&reader.buf).then(Instant::now);
+    // How far the buffer was searched for the head's end: a head that comes in many
+    // small pieces is parsed once it is whole, not again after every piece.
+    let mut searched = 0usize;
     loop {
-        if !reader.buf.is_empty() {
+        let from = searched.saturating_sub(3);
+        searched = reader.buf.len();
+        let ended = reader.buf[from..]
+            .windows(2)
+            .any(|w| w == b"\n\n" || w == b"\n\r");
+        if ended || reader.buf.len() > max {
             match reqhead::parse(&mut reader.buf, max) {
                 Ok(Some(h)) => return Ok(Some(h)),
                 Ok(None) => {}
@@ -264,7 +308,9 @@ async fn read_head<S: std::future::Future<Output = ()>>(
         match read {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {
-                started.get_or_insert_with(Instant::now);
+                if started.is_none() && begun(&reader.buf) {
+                    started = Some(Instant::now());
+                }
             }
         }
     }
@@ -416,6 +462,47 @@ async fn send(wr: &mut OwnedWriteHalf, parts: &[&[u8]], idle: Duration) -> io::R
         }
     })
     .await
+}
+
+/// Ready when the client has closed its connection (or it failed); pending while
+/// it is open, and for good once it has sent more (a pipelined request, left unread).
+async fn client_gone(reader: &mut Reader) {
+    let mut sent_more = false;
+    poll_fn(|cx| {
+        if sent_more {
+            return Poll::Pending;
+        }
+        let mut b = [0u8; 1];
+        let mut rb = tokio::io::ReadBuf::new(&mut b);
+        match reader.rd.poll_peek(cx, &mut rb) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(()),
+            Poll::Ready(Ok(_)) => {
+                sent_more = true;
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+}
+
+/// Make the close of `wr`'s socket a reset (SO_LINGER of zero); the write half must
+/// then be forgotten, not dropped (dropping it shuts it, a clean end).
+fn reset(wr: &OwnedWriteHalf) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket descriptor and a `linger` of the size given.
+    unsafe {
+        libc::setsockopt(
+            wr.as_ref().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(l).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Close gently: shut our side for writing (the client sees the end of the answer),

@@ -759,13 +759,39 @@ impl TunnelJob {
             }
             Err(_) => {
                 use tokio::io::AsyncWriteExt;
-                if tcp.write_all(early).await.is_ok() {
-                    guard
-                        .up
-                        .fetch_add(early.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    let mut client = CountIo::new(client, guard.up.clone());
-                    let mut server = CountIo::new(&mut tcp, guard.down.clone());
+                let (up, down) = (guard.up.clone(), guard.down.clone());
+                let copy = async {
+                    if !matches!(
+                        tokio::time::timeout(idle, tcp.write_all(early)).await,
+                        Ok(Ok(()))
+                    ) {
+                        return;
+                    }
+                    up.fetch_add(early.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    let mut client = CountIo::new(client, up.clone());
+                    let mut server = CountIo::new(&mut tcp, down.clone());
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                };
+                // Nothing moved either way for the idle limit (checked every limit, so
+                // within twice it): the tunnel ends, as a spliced one does.
+                let quiet = async {
+                    let moved = || {
+                        up.load(std::sync::atomic::Ordering::Relaxed)
+                            + down.load(std::sync::atomic::Ordering::Relaxed)
+                    };
+                    let mut last = moved();
+                    loop {
+                        tokio::time::sleep(idle).await;
+                        let now = moved();
+                        if now == last {
+                            return;
+                        }
+                        last = now;
+                    }
+                };
+                tokio::select! {
+                    () = copy => {}
+                    () = quiet => {}
                 }
             }
         }

@@ -115,12 +115,7 @@ impl Body for ClientBody {
                     return Poll::Ready(Some(Err(e)));
                 }
             }
-            let want = lent
-                .decoder
-                .exact_left()
-                .and_then(|n| usize::try_from(n).ok())
-                .unwrap_or(READ_MAX)
-                .clamp(1024, READ_MAX);
+            let want = lent.decoder.want(READ_MAX).max(1024);
             match std::task::ready!(reader.poll_fill(cx, want)) {
                 Ok(0) => {
                     lent.failed = true;

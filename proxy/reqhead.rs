@@ -95,27 +95,31 @@ pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<ReqHead>, HeadErro
         _ => Version::HTTP_11,
     };
     let mut fields = Fields::default();
+    // Where each field's name and value are in `buf`: they become slices of the head's
+    // bytes once it is taken off the buffer, not copies.
     let base = buf.as_ptr() as usize;
-    let mut values = [(0usize, 0usize); MAX_HEADERS];
-    let mut names = [const { None::<HeaderName> }; MAX_HEADERS];
+    let at = |part: &[u8]| {
+        let from = part.as_ptr() as usize - base;
+        (from, from + part.len())
+    };
+    let mut spans = [((0usize, 0usize), (0usize, 0usize)); MAX_HEADERS];
     let count = req.headers.len();
-    for (i, h) in req.headers.iter().enumerate() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| HeadError::Malformed("invalid header name"))?;
-        fields.note(&name, h.value)?;
-        let at = h.value.as_ptr() as usize - base;
-        values[i] = (at, at + h.value.len());
-        names[i] = Some(name);
+    for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
+        fields.note(h.name.as_bytes(), h.value)?;
+        *span = (at(h.name.as_bytes()), at(h.value));
     }
-    // The values are slices of the head's bytes, not copies.
     let bytes = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
-    for (name, &(from, to)) in names.iter_mut().zip(&values).take(count) {
-        let value = HeaderValue::from_maybe_shared(bytes.slice(from..to))
-            .map_err(|_| HeadError::Malformed("invalid header value"))?;
-        if let Some(name) = name.take() {
-            headers.append(name, value);
-        }
+    for &((nf, nt), (vf, vt)) in spans.iter().take(count) {
+        let name = HeaderName::from_bytes(&bytes[nf..nt])
+            .map_err(|_| HeadError::Malformed("invalid header name"))?;
+        let value = match fields.length {
+            // Forwarded as the one number it stands for (`5, 5` is 5).
+            Some(n) if name == CONTENT_LENGTH => HeaderValue::from(n),
+            _ => HeaderValue::from_maybe_shared(bytes.slice(vf..vt))
+                .map_err(|_| HeadError::Malformed("invalid header value"))?,
+        };
+        headers.append(name, value);
     }
     fields.head(method, uri, version, headers).map(Some)
 }
@@ -126,7 +130,9 @@ struct Fields {
     /// Content-Length fields seen, and the last one's value.
     lengths: usize,
     length: Option<u64>,
-    /// Transfer-Encoding codings seen, and whether the last is chunked.
+    /// A Transfer-Encoding field was seen (even an empty one); its codings, and
+    /// whether the last is chunked.
+    te: bool,
     codings: usize,
     chunked_last: bool,
     /// Connection: close / keep-alive.
@@ -137,21 +143,22 @@ struct Fields {
 }
 
 impl Fields {
-    fn note(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), HeadError> {
-        if name == CONTENT_LENGTH {
+    fn note(&mut self, name: &[u8], value: &[u8]) -> Result<(), HeadError> {
+        if name.eq_ignore_ascii_case(CONTENT_LENGTH.as_str().as_bytes()) {
             self.lengths += 1;
             self.length = Some(content_length(value)?);
-        } else if name == TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(TRANSFER_ENCODING.as_str().as_bytes()) {
+            self.te = true;
             for t in tokens(value) {
                 self.codings += 1;
                 self.chunked_last = t.eq_ignore_ascii_case(b"chunked");
             }
-        } else if name == CONNECTION {
+        } else if name.eq_ignore_ascii_case(CONNECTION.as_str().as_bytes()) {
             for t in tokens(value) {
                 self.close |= t.eq_ignore_ascii_case(b"close");
                 self.keep |= t.eq_ignore_ascii_case(b"keep-alive");
             }
-        } else if name == EXPECT {
+        } else if name.eq_ignore_ascii_case(EXPECT.as_str().as_bytes()) {
             self.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
         }
         Ok(())
@@ -164,7 +171,7 @@ impl Fields {
         version: Version,
         headers: HeaderMap,
     ) -> Result<ReqHead, HeadError> {
-        let te = self.codings > 0;
+        let te = self.te;
         let ambiguous = self.lengths > 1 || (te && self.lengths > 0);
         let body = if ambiguous || method == Method::CONNECT {
             BodyFraming::None
@@ -288,6 +295,13 @@ mod tests {
         let h = ok("POST http://a/ HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n");
         assert!(!h.ambiguous);
         assert_eq!(h.body, BodyFraming::Length(3));
+        assert_eq!(
+            h.headers.get("content-length").map(|v| v.as_bytes()),
+            Some(&b"3"[..])
+        );
+        // An empty Transfer-Encoding is one all the same.
+        let h = ok("POST http://a/ HTTP/1.1\r\nTransfer-Encoding: ,\r\nContent-Length: 3\r\n\r\n");
+        assert!(h.ambiguous);
     }
 
     #[test]
@@ -299,6 +313,7 @@ mod tests {
             "POST http://a/ HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
             "POST http://a/ HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST http://a/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST http://a/ HTTP/1.1\r\nTransfer-Encoding: ,\r\n\r\n",
             "GET http://a/ HTTP/1.1\r\nX: a\x01b\r\n\r\n",
             "GET http://a/ HTTP/2.0\r\n\r\n",
             "G@T http://a/ HTTP/1.1\r\n\r\n",

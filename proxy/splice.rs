@@ -10,7 +10,10 @@
 //! when either socket fails, or when nothing has moved either way for the idle limit.
 //! Pipes cost descriptors, four per tunnel: at most a budget of tunnels (a sixteenth
 //! of the descriptor limit, so a quarter of the descriptors) holds them; past it,
-//! tunnels copy as before.
+//! tunnels copy as before. The rest of a large response body goes the same way, from
+//! the origin's socket to the client's ([`Relay`], one pipe kept by a client connection
+//! from its first such body on), within a budget of its own of the same count (an
+//! eighth of the descriptors); past it, bodies are copied.
 //!
 //! Known limits: TCP urgent data (`MSG_OOB`, which neither TLS nor HTTP uses) stops a
 //! splice at its mark, so such a tunnel stalls there until the idle limit. Past the
@@ -31,6 +34,8 @@ use crate::stall::Stall;
 
 /// The most moved by one splice call (a pipe's default capacity).
 const STEP: usize = 64 * 1024;
+/// Splice calls a relay makes in one poll (up to 1 MiB moved) before it yields.
+const YIELD_STEPS: usize = 33;
 
 /// Tunnels that may hold pipes at once (four descriptors each, on top of their two
 /// sockets). Past it, tunnels copy instead, so pipes take at most a bounded share of
@@ -38,21 +43,25 @@ const STEP: usize = 64 * 1024;
 static BUDGET: AtomicUsize = AtomicUsize::new(256);
 /// Tunnels holding pipes now.
 static IN_USE: AtomicUsize = AtomicUsize::new(0);
+/// Client connections holding a relay's pipe now (a budget of their own, of the same
+/// size: a relay's two descriptors are half a tunnel's four, and idle kept-alive
+/// connections holding relays must not leave tunnels without pipes).
+static RELAYS_IN_USE: AtomicUsize = AtomicUsize::new(0);
 
-/// Let at most `tunnels` tunnels hold pipes at once.
+/// Let at most `tunnels` tunnels hold pipes at once (and as many relays).
 pub fn set_budget(tunnels: usize) {
     BUDGET.store(tunnels, Ordering::Relaxed);
 }
 
-/// One tunnel's place in the budget, given back when dropped.
-struct Slot;
+/// One place in a budget, given back when dropped.
+struct Slot(&'static AtomicUsize);
 
 impl Slot {
-    fn take() -> Option<Slot> {
+    fn take(in_use: &'static AtomicUsize) -> Option<Slot> {
         // Not `then_some(Slot)`: that would make (and drop, giving a place back) a Slot
         // even when the claim failed.
-        if claim(&IN_USE, BUDGET.load(Ordering::Relaxed)) {
-            Some(Slot)
+        if claim(in_use, BUDGET.load(Ordering::Relaxed)) {
+            Some(Slot(in_use))
         } else {
             None
         }
@@ -71,7 +80,7 @@ fn claim(in_use: &AtomicUsize, budget: usize) -> bool {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        IN_USE.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -199,7 +208,7 @@ pub struct Relay {
 impl Relay {
     /// A relay, if the budget has room and a pipe can be made.
     pub fn new() -> Option<Relay> {
-        let slot = Slot::take()?;
+        let slot = Slot::take(&RELAYS_IN_USE)?;
         let pipe = Pipe::new().ok()?;
         Some(Relay { pipe, _slot: slot })
     }
@@ -219,53 +228,63 @@ impl Relay {
         let mut stall = Stall::new(idle);
         let mut left = n;
         let mut held = 0usize;
-        std::future::poll_fn(|cx| loop {
-            if held > 0 {
-                let pipe = self.pipe.r.as_raw_fd();
-                match dst.try_io(Interest::WRITABLE, || splice(pipe, dst.as_raw_fd(), held)) {
-                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Ok(m) => {
-                        held -= m;
-                        count.fetch_add(m as u64, Ordering::Relaxed);
-                        stall.moved();
+        std::future::poll_fn(|cx| {
+            // Steps of this poll before the task lets others run: a fast origin and a
+            // fast client would otherwise hold the worker thread for the whole body.
+            let mut steps = YIELD_STEPS;
+            loop {
+                steps -= 1;
+                if steps == 0 {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                if held > 0 {
+                    let pipe = self.pipe.r.as_raw_fd();
+                    match dst.try_io(Interest::WRITABLE, || splice(pipe, dst.as_raw_fd(), held)) {
+                        Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Ok(m) => {
+                            held -= m;
+                            count.fetch_add(m as u64, Ordering::Relaxed);
+                            stall.moved();
+                            continue;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                    if dst.poll_write_ready(cx)?.is_ready() {
                         continue;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-                if dst.poll_write_ready(cx)?.is_ready() {
-                    continue;
-                }
-            } else if left == 0 {
-                return Poll::Ready(Ok(n));
-            } else {
-                let pipe = self.pipe.w.as_raw_fd();
-                let want = usize::try_from(left).unwrap_or(STEP).min(STEP);
-                match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe, want)) {
-                    Ok(0) => {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the upstream closed before the end of the body",
-                        )))
+                } else if left == 0 {
+                    return Poll::Ready(Ok(n));
+                } else {
+                    let pipe = self.pipe.w.as_raw_fd();
+                    let want = usize::try_from(left).unwrap_or(STEP).min(STEP);
+                    match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe, want)) {
+                        Ok(0) => {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "the upstream closed before the end of the body",
+                            )))
+                        }
+                        Ok(m) => {
+                            held = m;
+                            left -= m as u64;
+                            stall.moved();
+                            continue;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Poll::Ready(Err(e)),
                     }
-                    Ok(m) => {
-                        held = m;
-                        left -= m as u64;
-                        stall.moved();
+                    if src.poll_read_ready(cx)?.is_ready() {
                         continue;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Poll::Ready(Err(e)),
                 }
-                if src.poll_read_ready(cx)?.is_ready() {
-                    continue;
-                }
+                std::task::ready!(stall.poll_expired(cx));
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("nothing moved for {} s", idle.as_secs_f32()),
+                )));
             }
-            std::task::ready!(stall.poll_expired(cx));
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("nothing moved for {} s", idle.as_secs_f32()),
-            )));
         })
         .await
     }
@@ -289,7 +308,7 @@ impl Tunnel {
     /// # Errors
     /// When the budget of tunnels with pipes is spent, or a pipe cannot be made.
     pub fn new(up: Arc<AtomicU64>, down: Arc<AtomicU64>) -> io::Result<Tunnel> {
-        let slot = Slot::take()
+        let slot = Slot::take(&IN_USE)
             .ok_or_else(|| io::Error::other("every tunnel with pipes allowed is open"))?;
         Ok(Tunnel {
             to_server: Half::new(up)?,

@@ -1,6 +1,6 @@
 //! An upstream response body, read from the upstream socket when the client side asks
-//! for the next frame: Content-Length, chunked (decoded; hyper re-frames it for the
-//! client) or delimited by the connection closing. The buffer is bounded, so a large
+//! for the next frame: Content-Length or chunked (decoded by `chunked::Decoder`; the
+//! client side re-frames it), or delimited by the connection closing. The buffer is bounded, so a large
 //! body streams through a few tens of KiB. When the body ends cleanly on a connection
 //! that may be kept alive, the connection goes back to the pool. An upstream that stops
 //! sending mid-body for longer than the stall limit fails the body (the client's
@@ -17,16 +17,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 
+use crate::chunked::Decoder;
 use crate::stall::Stall;
 use crate::upload::Upload;
 use crate::upstream::Conn;
 
 /// The most read from the upstream socket at once.
 const READ_MAX: usize = 64 * 1024;
-/// A chunk-size line or trailer line longer than this is refused.
-const MAX_LINE: usize = 4096;
-/// Trailer section bytes, at most.
-const MAX_TRAILERS: usize = 16 * 1024;
 
 /// How a response body is delimited; the flag: whether the connection may be kept.
 #[derive(Debug, Clone, Copy)]
@@ -50,18 +47,11 @@ impl Framing {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Where the body is.
+#[derive(Debug)]
 enum State {
-    /// Bytes of the body not yet handed on (some may be in the buffer).
-    Length(u64),
-    /// Waiting for a chunk-size line.
-    ChunkSize,
-    /// Bytes of the current chunk not yet handed on.
-    ChunkData(u64),
-    /// The CRLF after a chunk's data.
-    ChunkEnd,
-    /// Trailer lines, until an empty one; the bytes seen so far.
-    Trailers(usize),
+    /// Framed (Content-Length or chunked).
+    Framed(Decoder),
     /// Until the upstream closes.
     Eof,
     /// Finished.
@@ -93,8 +83,8 @@ impl UpBody {
     /// The body after the head; `buf` holds what was read past the head.
     pub fn new(conn: Conn, buf: BytesMut, framing: Framing) -> UpBody {
         let (state, keep) = match framing {
-            Framing::Length(n, keep) => (State::Length(n), keep),
-            Framing::Chunked(keep) => (State::ChunkSize, keep),
+            Framing::Length(n, keep) => (State::Framed(Decoder::length(n)), keep),
+            Framing::Chunked(keep) => (State::Framed(Decoder::chunked()), keep),
             Framing::Eof => (State::Eof, false),
         };
         let mut body = UpBody {
@@ -106,7 +96,7 @@ impl UpBody {
             upload: None,
         };
         // A body of nothing may never be polled: the connection is free at once.
-        if matches!(body.state, State::Length(0)) {
+        if body.exact_left() == Some(0) {
             body.finish();
         }
         body
@@ -132,22 +122,26 @@ impl UpBody {
     /// rest may be moved socket to socket by the caller (see [`UpBody::spliced`]): a
     /// Content-Length body with nothing left in the buffer and no upload going on.
     pub fn splice_source(&self) -> Option<(&tokio::net::TcpStream, u64)> {
-        match (self.state, &self.conn) {
-            (State::Length(n), Some(conn))
-                if n > 0 && self.buf.is_empty() && self.upload.is_none() =>
-            {
-                Some((&conn.stream, n))
-            }
-            _ => None,
+        let conn = self.conn.as_ref()?;
+        let n = self.exact_left().filter(|&n| n > 0)?;
+        (self.buf.is_empty() && self.upload.is_none()).then_some((&conn.stream, n))
+    }
+
+    /// The bytes still to come, when known (a Content-Length body).
+    fn exact_left(&self) -> Option<u64> {
+        match &self.state {
+            State::Framed(d) => d.exact_left(),
+            State::Done => Some(0),
+            State::Eof => None,
         }
     }
 
     /// `n` more bytes of the body were moved from the socket by the caller; at the end
     /// the connection goes back to the pool.
     pub fn spliced(&mut self, n: u64) {
-        if let State::Length(rem) = self.state {
-            self.state = State::Length(rem.saturating_sub(n));
-            if matches!(self.state, State::Length(0)) {
+        if let State::Framed(d) = &mut self.state {
+            d.consumed(n);
+            if d.is_done() {
                 self.finish();
             }
         }
@@ -235,30 +229,6 @@ impl UpBody {
         )))
     }
 
-    /// A line (without its CRLF) at the start of the buffer, consumed; None if incomplete.
-    fn take_line(&mut self) -> io::Result<Option<BytesMut>> {
-        match self.buf.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                let mut line = self.buf.split_to(i + 1);
-                line.truncate(i);
-                if line.last() == Some(&b'\r') {
-                    line.truncate(i - 1);
-                }
-                Ok(Some(line))
-            }
-            None if self.buf.len() > MAX_LINE => Err(bad("line too long")),
-            None => Ok(None),
-        }
-    }
-
-    /// Up to `rem` bytes of the buffer as a data frame.
-    fn data(&mut self, rem: u64) -> Bytes {
-        let n = usize::try_from(rem)
-            .unwrap_or(usize::MAX)
-            .min(self.buf.len());
-        self.buf.split_to(n).freeze()
-    }
-
     /// Read more into the buffer; 0 at the upstream's end of stream.
     fn fill(&mut self, cx: &mut Context<'_>, want: usize) -> Result<usize, Pend> {
         match self.poll_fill(cx, want) {
@@ -267,103 +237,38 @@ impl UpBody {
         }
     }
 
-    /// Read more, failing with `why` at the end of stream.
-    fn fill_or_fail(&mut self, cx: &mut Context<'_>, why: &str) -> Result<(), Pend> {
-        match self.fill(cx, 1024)? {
-            0 => Err(Pend::Err(bad(why))),
-            _ => Ok(()),
-        }
-    }
-
     /// The next piece of data; None at the end.
     fn step(&mut self, cx: &mut Context<'_>) -> Result<Option<Bytes>, Pend> {
         loop {
-            match self.state {
+            let want = match &mut self.state {
                 State::Done => return Ok(None),
-                State::Length(0) => {
-                    self.finish();
-                    return Ok(None);
-                }
-                State::Length(rem) | State::ChunkData(rem) if !self.buf.is_empty() => {
-                    let d = self.data(rem);
-                    let left = rem - d.len() as u64;
-                    self.state = match self.state {
-                        State::Length(_) => State::Length(left),
-                        _ if left == 0 => State::ChunkEnd,
-                        _ => State::ChunkData(left),
-                    };
-                    // hyper stops asking once the length is reached: the connection
-                    // goes back to the pool now, not when the body is dropped.
-                    if matches!(self.state, State::Length(0)) {
+                State::Framed(d) => {
+                    let data = d.decode(&mut self.buf).map_err(|e| bad(&e.to_string()))?;
+                    // The client side stops asking once the length is reached: the
+                    // connection goes back to the pool now, not when the body is dropped.
+                    if d.is_done() {
                         self.finish();
+                        return Ok(data);
                     }
-                    return Ok(Some(d));
-                }
-                State::Length(rem) | State::ChunkData(rem) => {
-                    let want = usize::try_from(rem).unwrap_or(READ_MAX);
-                    if self.fill(cx, want)? == 0 {
-                        return Err(Pend::Err(bad("the upstream closed before the end")));
+                    if data.is_some() {
+                        return Ok(data);
                     }
+                    d.want(READ_MAX)
                 }
                 State::Eof => {
                     if !self.buf.is_empty() {
                         return Ok(Some(self.buf.split().freeze()));
                     }
-                    if self.fill(cx, READ_MAX)? == 0 {
-                        self.state = State::Done;
-                        self.conn = None;
-                        return Ok(None);
-                    }
+                    READ_MAX
                 }
-                State::ChunkSize => match self.take_line()? {
-                    Some(line) => {
-                        // Hex digits only (whitespace allowed before an extension),
-                        // as strict as hyper is with the client.
-                        let size = line[..]
-                            .split(|&b| b == b';')
-                            .next()
-                            .map(|s| s.trim_ascii_end())
-                            .filter(|s| {
-                                !s.is_empty()
-                                    && s.len() <= 16
-                                    && s.iter().all(u8::is_ascii_hexdigit)
-                            })
-                            .and_then(|s| std::str::from_utf8(s).ok())
-                            .and_then(|s| u64::from_str_radix(s, 16).ok())
-                            .ok_or_else(|| bad("bad chunk size"))?;
-                        self.state = if size == 0 {
-                            State::Trailers(0)
-                        } else {
-                            State::ChunkData(size)
-                        };
-                    }
-                    None => self.fill_or_fail(cx, "the upstream closed inside a chunk")?,
-                },
-                State::ChunkEnd => {
-                    if self.buf.len() >= 2 {
-                        if &self.buf[..2] != b"\r\n" {
-                            return Err(Pend::Err(bad("no CRLF after a chunk")));
-                        }
-                        let _ = self.buf.split_to(2);
-                        self.state = State::ChunkSize;
-                    } else {
-                        self.fill_or_fail(cx, "the upstream closed inside a chunk")?;
-                    }
+            };
+            if self.fill(cx, want)? == 0 {
+                if matches!(self.state, State::Eof) {
+                    self.state = State::Done;
+                    self.conn = None;
+                    return Ok(None);
                 }
-                State::Trailers(seen) => match self.take_line()? {
-                    Some(line) if line.is_empty() => {
-                        self.finish();
-                        return Ok(None);
-                    }
-                    Some(line) => {
-                        let seen = seen + line.len() + 2;
-                        if seen > MAX_TRAILERS {
-                            return Err(Pend::Err(bad("trailers too large")));
-                        }
-                        self.state = State::Trailers(seen);
-                    }
-                    None => self.fill_or_fail(cx, "the upstream closed inside the trailers")?,
-                },
+                return Err(Pend::Err(bad("the upstream closed before the end")));
             }
         }
     }
@@ -405,14 +310,13 @@ impl Body for UpBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done | State::Length(0))
+        self.exact_left() == Some(0)
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.state {
-            State::Length(n) => SizeHint::with_exact(n),
-            State::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
+        match self.exact_left() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! alive when asked), `Expect: 100-continue` (a go-ahead only for an upload that is to
 //! be forwarded), a refused upload answered with a lingering close (the client reads
 //! the answer, not a reset), malformed and oversized heads (400 and 431, recorded),
-//! and large bodies moved socket to socket (intact, counted, the connections reused).
+//! large bodies moved socket to socket (intact, counted, the connections reused), and
+//! a client that hangs up while its request waits (the request is dropped at once).
 
 mod util;
 
@@ -25,11 +26,13 @@ fn pattern(n: usize) -> Vec<u8> {
 }
 
 /// An origin: `GET /big/N` answers N pattern bytes with a Content-Length; `POST` answers
-/// with the length of the body it read; anything else a short body. It counts the
+/// with the length of the body it read; `/hang` never answers (it waits for the
+/// connection to close, and counts that); anything else a short body. It counts the
 /// connections it accepted.
 struct Origin {
     addr: SocketAddr,
     conns: Arc<AtomicUsize>,
+    hung_up: Arc<AtomicUsize>,
 }
 
 impl Origin {
@@ -37,15 +40,21 @@ impl Origin {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind the origin");
         let addr = l.local_addr().expect("origin address");
         let conns = Arc::new(AtomicUsize::new(0));
-        let c = conns.clone();
+        let hung_up = Arc::new(AtomicUsize::new(0));
+        let (c, h) = (conns.clone(), hung_up.clone());
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(s) = s else { continue };
                 c.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || serve(s));
+                let h = h.clone();
+                std::thread::spawn(move || serve(s, &h));
             }
         });
-        Origin { addr, conns }
+        Origin {
+            addr,
+            conns,
+            hung_up,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -53,11 +62,17 @@ impl Origin {
     }
 }
 
-fn serve(s: TcpStream) {
+fn serve(s: TcpStream, hung_up: &AtomicUsize) {
     let Ok(mut w) = s.try_clone() else { return };
     let mut r = BufReader::new(s);
     while let Some((head, body)) = read_http_request(&mut r) {
         let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+        if path == "/hang" {
+            let mut rest = Vec::new();
+            let _ = r.read_to_end(&mut rest);
+            hung_up.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
         let payload = if let Some(n) = path.strip_prefix("/big/") {
             pattern(n.parse().unwrap_or(0))
         } else if head.starts_with("POST") {
@@ -343,4 +358,38 @@ fn large_bodies_are_moved_intact_and_the_connections_reused() {
             "{line}: {bytes} bytes counted for a {n}-byte body"
         );
     }
+}
+
+/// A client that closes its connection while its request waits for the origin has
+/// gone: the proxy drops the request at once (closing the origin's connection and
+/// writing the record) instead of holding both until the origin's timeout.
+#[test]
+fn a_client_that_hangs_up_drops_its_request() {
+    let env = Env::new();
+    let origin = Origin::start();
+    let (node, proxy) = gateway(&env, "gw-hangup");
+    let mut c = Raw::connect(&proxy);
+    c.send(&format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        origin.url("/hang"),
+        origin.addr
+    ));
+    eventually(Duration::from_secs(5), "the request at the origin", || {
+        (origin.conns.load(Ordering::SeqCst) == 1).then_some(())
+    });
+    drop(c);
+    let t = Instant::now();
+    eventually(
+        Duration::from_secs(5),
+        "the origin's connection closed",
+        || (origin.hung_up.load(Ordering::SeqCst) == 1).then_some(()),
+    );
+    // The idle limit (60 s by default) is far off: it was the client's close.
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let url = origin.url("/hang");
+    eventually(
+        Duration::from_secs(5),
+        "the record of the dropped request",
+        || access_lines(&node).into_iter().find(|l| l.contains(&url)),
+    );
 }

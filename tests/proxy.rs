@@ -1036,7 +1036,8 @@ fn a_tunnel_carries_large_streams_both_ways_and_counts_them() {
 
 /// Pipes per tunnel: 4 descriptors. With a low descriptor limit, only a sixteenth of it
 /// goes to tunnel pipes: the tunnels past that budget copy instead, and all of them
-/// work; the pipes of closed tunnels are given back.
+/// work; a quiet copying tunnel ends after the idle limit, as a spliced one does; the
+/// pipes of closed tunnels are given back.
 #[test]
 fn tunnels_past_the_pipe_budget_copy_and_all_work() {
     // A line echoed back on every connection.
@@ -1059,7 +1060,11 @@ fn tunnels_past_the_pipe_budget_copy_and_all_work() {
     let env = Env::new();
     // 128 descriptors: 8 tunnels with pipes.
     let node = Node::run_with_nofile(NodeDir::create(&env, "gw-pipes", &next_ip(), ""), 128);
-    apply(&env, &node, &open_policy(origin.port()));
+    let policy = format!(
+        "{}limits: {{ idle_timeout: 2s }}\n",
+        open_policy(origin.port())
+    );
+    apply(&env, &node, &policy);
     let pipes = || pipe_fds(node.pid);
     let before = pipes();
     let proxy = proxy_of(&node);
@@ -1092,6 +1097,18 @@ fn tunnels_past_the_pipe_budget_copy_and_all_work() {
         pipes() - before,
         8 * 4,
         "pipes for exactly the budget of 8 tunnels"
+    );
+    // Quiet for the idle limit, copying tunnels end too (the last four opened).
+    let quiet = Instant::now();
+    for (i, (_, r)) in tunnels.iter_mut().enumerate().skip(8) {
+        let mut rest = String::new();
+        let n = r.read_line(&mut rest);
+        assert!(matches!(n, Ok(0)), "tunnel {i} still open: {n:?} {rest:?}");
+    }
+    assert!(
+        quiet.elapsed() < Duration::from_secs(8),
+        "the quiet copying tunnels ended after {:?}",
+        quiet.elapsed()
     );
     drop(tunnels);
     eventually(

@@ -313,6 +313,11 @@ impl Matcher {
         let Some(set) = &self.regex else {
             return Vec::new();
         };
+        // Most URLs match none: a yes/no search stops early, where listing every match
+        // scans for all of them.
+        if !set.is_match(url) {
+            return Vec::new();
+        }
         let mut out: Vec<u32> = set
             .matches(url)
             .iter()
