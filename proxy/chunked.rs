@@ -185,6 +185,7 @@ impl Decoder {
 /// `strict`: it must end with CRLF and hold no control character but tabs.
 fn take_line(buf: &mut BytesMut, strict: bool) -> io::Result<Option<BytesMut>> {
     match buf.iter().position(|&b| b == b'\n') {
+        Some(i) if i > MAX_LINE => Err(bad("line too long")),
         Some(i) => {
             let mut line = buf.split_to(i + 1);
             line.truncate(i);
@@ -272,6 +273,10 @@ mod tests {
             assert!(r.is_err(), "{bad:?}");
         }
         let mut buf = BytesMut::from(vec![b'1'; MAX_LINE + 1].as_slice());
+        assert!(Decoder::chunked().decode(&mut buf).is_err());
+        // Too long even when its end came with it.
+        let long = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(MAX_LINE));
+        let mut buf = BytesMut::from(long.as_bytes());
         assert!(Decoder::chunked().decode(&mut buf).is_err());
         // A client's lines must be exact; an origin's may end with a bare LF.
         for lax in [

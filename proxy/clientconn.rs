@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use http::{Method, Request, Version};
 use http_body_util::Either;
 use hyper::body::Body;
@@ -135,7 +135,9 @@ pub async fn serve(
                     Ok(r) => tokio::select! {
                         biased;
                         resp = handling.as_mut() => resp,
-                        () = client_gone(r) => return,
+                        // Not with a pipelined request read already: a client may
+                        // send its requests and then close its sending side.
+                        () = client_gone(r), if r.buf.is_empty() => return,
                     },
                     Err(_) => handling.await,
                 }
@@ -143,7 +145,7 @@ pub async fn serve(
             Err(which) => proxy.over_limit(peer, *which, req),
         };
         let connect_ok = connect && resp.status().is_success();
-        let (mut parts, body) = resp.into_parts();
+        let (mut parts, mut body) = resp.into_parts();
         let out = resphead::framing(
             parts.status,
             head_req,
@@ -157,16 +159,24 @@ pub async fn serve(
         // going on while the answer is written: whether it ends in time to keep the
         // connection is known only afterwards.
         let keep = keep && out != Out::Close && !connect && (loan.is_ok() || forwarded);
+        // Nor a forwarded upload answered by a page of ours (502, 504, 400) before its
+        // body was all read: the rest of it would be taken for the next request.
+        let ours = matches!(body.parts_mut().0, Either::Left(_));
+        let unread = loan
+            .as_ref()
+            .err()
+            .is_some_and(|l| !reqbody::lock(l).is_done());
+        let keep = keep && !(ours && unread);
         let mut head = Vec::with_capacity(512);
         // A CONNECT's 200 says nothing of the connection: the tunnel follows.
-        let say_keep = keep || connect_ok;
+        let (say_keep, say_10) = (keep || connect_ok, http10 && !connect_ok);
         resphead::write(
             &mut head,
             parts.status,
             &parts.headers,
             out,
             say_keep,
-            http10,
+            say_10,
         );
         if connect_ok {
             let job = parts.extensions.remove::<TunnelTo>().and_then(|t| t.take());
@@ -256,21 +266,32 @@ async fn read_head<S: std::future::Future<Output = ()>>(
     max: usize,
     mut waits: Waits<'_, S>,
 ) -> Result<Option<ReqHead>, (u16, String)> {
-    let idle_until = Instant::now() + limits.idle_timeout;
-    // From the head's first byte (a pipelined head's: now). Empty lines before a head
-    // (RFC 9112 2.2) do not start it.
-    let begun = |buf: &BytesMut| buf.iter().any(|&b| b != b'\r' && b != b'\n');
-    let mut started = begun(&reader.buf).then(Instant::now);
-    // How far the buffer was searched for the head's end: a head that comes in many
-    // small pieces is parsed once it is whole, not again after every piece.
+    // The clock is read only when a wait comes (most heads are whole in their first
+    // read): the idle wait counts from then, the head's from its first byte (or the
+    // first wait after it, which is the same but for the time to parse). Empty lines
+    // before a head (RFC 9112 2.2) do not start it.
+    let mut idle_until: Option<Instant> = None;
+    // Empty lines before a head are dropped as they come: they neither start the head
+    // nor pile up to be scanned again.
+    let drop_empty_lines = |buf: &mut BytesMut| {
+        let n = buf
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
+        buf.advance(n);
+    };
+    drop_empty_lines(&mut reader.buf);
+    let mut has_begun = !reader.buf.is_empty();
+    let mut started: Option<Instant> = None;
+    // How far the buffer was searched for a line's end.
     let mut searched = 0usize;
     loop {
-        let from = searched.saturating_sub(3);
+        // Parsed again only when a line ended in the new bytes: a bad request line is
+        // refused as soon as it is whole; a head in many small pieces is parsed once
+        // per line, not once per piece.
+        let new_line = reader.buf[searched.min(reader.buf.len())..].contains(&b'\n');
         searched = reader.buf.len();
-        let ended = reader.buf[from..]
-            .windows(2)
-            .any(|w| w == b"\n\n" || w == b"\n\r");
-        if ended || reader.buf.len() > max {
+        if new_line || reader.buf.len() > max {
             match reqhead::parse(&mut reader.buf, max) {
                 Ok(Some(h)) => return Ok(Some(h)),
                 Ok(None) => {}
@@ -282,9 +303,10 @@ async fn read_head<S: std::future::Future<Output = ()>>(
         let read = match tried {
             Poll::Ready(r) => r,
             Poll::Pending => {
-                let deadline = match started {
-                    None => idle_until,
-                    Some(t) => t + limits.header_read_timeout,
+                let deadline = if has_begun {
+                    *started.get_or_insert_with(Instant::now) + limits.header_read_timeout
+                } else {
+                    *idle_until.get_or_insert_with(|| Instant::now() + limits.idle_timeout)
                 };
                 if waits.timer.deadline() != deadline {
                     waits.timer.as_mut().reset(deadline);
@@ -293,23 +315,24 @@ async fn read_head<S: std::future::Future<Output = ()>>(
                     biased;
                     r = poll_fn(|cx| reader.poll_fill(cx, HEAD_READ)) => r,
                     () = waits.timer.as_mut() => {
-                        return match started {
-                            Some(_) => Err((408, format!(
+                        return match has_begun {
+                            true => Err((408, format!(
                                 "header_read_timeout: the request head took longer than {} s",
                                 limits.header_read_timeout.as_secs_f64()
                             ))),
-                            None => Ok(None),
+                            false => Ok(None),
                         };
                     }
-                    () = waits.stop.as_mut(), if started.is_none() => return Ok(None),
+                    () = waits.stop.as_mut(), if !has_begun => return Ok(None),
                 }
             }
         };
         match read {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {
-                if started.is_none() && begun(&reader.buf) {
-                    started = Some(Instant::now());
+                if !has_begun {
+                    drop_empty_lines(&mut reader.buf);
+                    has_begun = !reader.buf.is_empty();
                 }
             }
         }

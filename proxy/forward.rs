@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
+use crate::iptext::ip_text;
 use crate::reqbody::ClientBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -207,7 +208,7 @@ impl Proxy {
         let rec = AccessRecord {
             time_ms: now_ms(),
             node: self.node.files.startup.node.clone(),
-            client: client.ip().to_string(),
+            client: ip_text(client.ip()),
             method: req.method().as_str().to_string(),
             url: req.uri().to_string(),
             action: "blocked".into(),
@@ -237,7 +238,7 @@ impl Proxy {
         let rec = AccessRecord {
             time_ms: now_ms(),
             node: self.node.files.startup.node.clone(),
-            client: client.ip().to_string(),
+            client: ip_text(client.ip()),
             method: "-".into(),
             url: "-".into(),
             status,
@@ -291,7 +292,7 @@ impl Proxy {
         let mut rec = AccessRecord {
             time_ms: now_ms(),
             node: self.node.files.startup.node.clone(),
-            client: client.ip().to_string(),
+            client: ip_text(client.ip()),
             method: req.method().as_str().to_string(),
             url,
             action: "allowed".into(),
@@ -492,7 +493,7 @@ impl Proxy {
                     return self.refuse(status, title, &why, guard);
                 }
             };
-            guard.rec.peer = Some(targets.first.ip().to_string());
+            guard.rec.peer = Some(ip_text(targets.first.ip()));
             match kind {
                 JobKind::Tunnel { hold } => {
                     match connect_first(targets.tried(), limits.upstream_connect_timeout).await {
@@ -906,7 +907,7 @@ impl Proxy {
     /// the next requests do not wait for them first.
     fn connected(&self, host: &str, targets: &Targets, used: SocketAddr, guard: &mut RecordGuard) {
         if used != targets.first {
-            guard.rec.peer = Some(used.ip().to_string());
+            guard.rec.peer = Some(ip_text(used.ip()));
             let failed: Vec<SocketAddr> = targets
                 .all()
                 .iter()
@@ -958,7 +959,7 @@ fn canonical_host(raw: &str) -> Option<String> {
         return None;
     }
     if let Ok(ip) = h.parse::<IpAddr>() {
-        return Some(ip.to_canonical().to_string());
+        return Some(ip_text(ip.to_canonical()));
     }
     let last = h.rsplit('.').next().unwrap_or("");
     if last.chars().all(|c| c.is_ascii_digit()) || last.starts_with("0x") {

@@ -12,6 +12,7 @@ mod diagnose;
 mod dnscache;
 mod forward;
 mod handover;
+mod iptext;
 mod master;
 mod memory;
 mod node;

@@ -104,14 +104,6 @@ fn gateway(env: &Env, name: &str) -> (Node, String) {
     (node, proxy)
 }
 
-fn access_lines(node: &Node) -> Vec<String> {
-    std::fs::read_to_string(node.files.log.join("access.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 #[test]
 fn pipelined_and_http10_requests_are_answered_in_order() {
     let env = Env::new();
@@ -187,10 +179,23 @@ fn expect_continue_gets_a_go_ahead_only_for_a_forwarded_upload() {
     c.send(&head("http://blocked.example/up", "blocked.example"));
     let r = c.response(false);
     assert_eq!(r.status, 451, "{r:?}");
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
     assert!(
         c.closed_within(Duration::from_secs(5)),
         "kept open with a body unread"
     );
+
+    // A forwarded upload whose origin cannot be reached: the go-ahead, then the 502,
+    // which says the connection closes (its body was never read).
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = closed.local_addr().expect("address");
+    drop(closed);
+    let mut c = Raw::connect(&proxy);
+    c.send(&head(&format!("http://{dead}/up"), &dead.to_string()));
+    assert_eq!(c.response(true).status, 100);
+    let r = c.response(false);
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
 }
 
 /// A client that sends its whole upload before it reads (as Python's http.client
@@ -267,6 +272,12 @@ fn malformed_and_oversized_heads_get_400_and_431_and_are_recorded() {
             431,
         ),
     ];
+    // A bad request line is refused once it is whole, not when the head's time is up.
+    let mut c = Raw::connect(&proxy);
+    let t = Instant::now();
+    c.send("\x16\x03\x01\x02\x00\x01\x00\x01\x7f\x03\x03 not http\r\n");
+    assert_eq!(c.response(false).status, 400);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     for (req, status) in &cases {
         let mut c = Raw::connect(&proxy);
         c.send(req);
@@ -282,13 +293,23 @@ fn malformed_and_oversized_heads_get_400_and_431_and_are_recorded() {
         0,
         "a refused head reached the origin"
     );
-    let lines = eventually(Duration::from_secs(5), "four access.log lines", || {
+    // A chunked body with a bad chunk: 400, the client's fault, not the origin's (502).
+    let mut c = Raw::connect(&proxy);
+    c.send(&format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        origin.url("/up"),
+        origin.addr
+    ));
+    let r = c.response(false);
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("bad chunk size"), "{}", r.body);
+    let lines = eventually(Duration::from_secs(5), "six access.log lines", || {
         let l = access_lines(&node);
-        (l.len() >= 4).then_some(l)
+        (l.len() >= 6).then_some(l)
     });
     assert_eq!(
         lines.iter().filter(|l| l.contains("/400 ")).count(),
-        3,
+        5,
         "{lines:?}"
     );
     assert_eq!(

@@ -8,7 +8,8 @@
 //! link-local, unreachable upstreams), connection limits, the header read timeout
 //! (slowloris gets 408; an idle keep-alive connection waits for the idle timeout),
 //! one access.log line per request in Squid's native format, and CONNECT tunnels (large
-//! streams both ways with early bytes and half closes; past the pipe budget, copying).
+//! streams both ways with early bytes and half closes; past the pipe budget, copying,
+//! and ending when quiet for the idle limit).
 
 mod util;
 
@@ -198,15 +199,6 @@ fn apply(env: &Env, node: &Node, text: &str) {
 
 fn proxy_of(node: &Node) -> String {
     node.proxy.clone().expect("proxy address")
-}
-
-/// The lines of log_dir/access.log.
-fn access_lines(node: &Node) -> Vec<String> {
-    std::fs::read_to_string(node.files.log.join("access.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// Wait for an access.log line with `code` (e.g. `TCP_MISS/200`) whose URL field is

@@ -898,6 +898,15 @@ pub fn read_http_request<R: std::io::BufRead>(r: &mut R) -> Option<(String, Vec<
     Some((head, body))
 }
 
+/// The lines of a node's log_dir/access.log.
+pub fn access_lines(node: &Node) -> Vec<String> {
+    std::fs::read_to_string(node.files.log.join("access.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// How many pipe descriptors process `pid` holds (`/proc/PID/fd`).
 pub fn pipe_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
