@@ -113,15 +113,12 @@ pub async fn serve(
         let expect = head.expect_continue;
         let ambiguous = head.ambiguous;
         let (req, mut loan) = request(head, reader);
-        // Whether the request goes on to an origin (else a page of ours answers it).
-        let mut forwarded = false;
         let resp = match &hold {
             Ok(h) => {
                 let handling = proxy.clone().handle(peer, ambiguous, h.clone(), req);
-                forwarded = handling.is_go();
                 // The go-ahead only for an upload that is to be forwarded: a refused one
                 // gets its answer without the client sending its body first.
-                if expect && loan.is_err() && forwarded {
+                if expect && loan.is_err() && handling.is_go() {
                     let go = b"HTTP/1.1 100 Continue\r\n\r\n";
                     if send(&mut wr, &[go], limits.idle_timeout).await.is_err() {
                         return;
@@ -154,19 +151,17 @@ pub async fn serve(
             http10,
         );
         // Not kept: an answer framed by closing; a CONNECT (a tunnel follows, or the
-        // bytes the client sent after a refused one would be read as a request); a body
-        // refused unread (a page of ours answered it). A forwarded upload may still be
-        // going on while the answer is written: whether it ends in time to keep the
-        // connection is known only afterwards.
-        let keep = keep && out != Out::Close && !connect && (loan.is_ok() || forwarded);
-        // Nor a forwarded upload answered by a page of ours (502, 504, 400) before its
-        // body was all read: the rest of it would be taken for the next request.
+        // bytes the client sent after a refused one would be read as a request); a
+        // page of ours (a refusal, 502, 504) answering a body not all read, whose rest
+        // would be taken for the next request. An origin's answer may come while its
+        // upload still goes on: whether that ends in time to keep the connection is
+        // known only afterwards.
         let ours = matches!(body.parts_mut().0, Either::Left(_));
         let unread = loan
             .as_ref()
             .err()
             .is_some_and(|l| !reqbody::lock(l).is_done());
-        let keep = keep && !(ours && unread);
+        let keep = keep && out != Out::Close && !connect && !(ours && unread);
         let mut head = Vec::with_capacity(512);
         // A CONNECT's 200 says nothing of the connection: the tunnel follows.
         let (say_keep, say_10) = (keep || connect_ok, http10 && !connect_ok);
