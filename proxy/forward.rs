@@ -250,14 +250,13 @@ impl Proxy {
     }
 
     /// Serve one client request; `ambiguous`: its head had both Content-Length and
-    /// Transfer-Encoding, or two Content-Lengths (see `framing`). `waiting` marks the
-    /// client's connection busy (not idle) until the response head is ready.
+    /// Transfer-Encoding, or two Content-Lengths (see `reqhead`).
     ///
     /// Everything decided without waiting (the checks, the policy, the refusals, the
     /// upstream request's head) is done here, before the future exists: what the
-    /// future keeps across its waits is only what the waits need. hyper stores and
-    /// moves the future of every request; a smaller one is less to copy and less memory
-    /// per open connection.
+    /// future keeps across its waits is only what the waits need. The client's
+    /// connection (`clientconn`) holds the future of its request in flight; a smaller
+    /// one is less to copy and less memory per open connection.
     pub fn handle(
         self: Arc<Self>,
         client: SocketAddr,

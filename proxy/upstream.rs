@@ -94,8 +94,9 @@ pub struct Outgoing<'a> {
 }
 
 /// A request ready to send: its head already serialized, so the client's parsed head
-/// (whose header values are slices of hyper's read buffer) can be dropped before any
-/// waiting, and hyper reuses that buffer instead of allocating another per request.
+/// (whose header values are slices of the client connection's read buffer) can be
+/// dropped before any waiting, and that buffer is reused instead of another being
+/// allocated per request.
 pub struct Prepared {
     /// The serialized head, framing header included.
     head: Vec<u8>,
