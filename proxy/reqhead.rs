@@ -281,6 +281,12 @@ mod tests {
         assert_eq!(head_max(&big, 100).err(), Some(HeadError::TooLarge(100)));
         let done = format!("{big}\r\n");
         assert_eq!(head_max(&done, 100).err(), Some(HeadError::TooLarge(100)));
+        // Over 100 fields is too large too (431), whatever their size.
+        let many: String = (0..101).map(|i| format!("X-{i}: 1\r\n")).collect();
+        let req = format!("GET http://a/ HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(head(&req).err(), Some(HeadError::TooLarge(64 * 1024)));
+        let fine: String = (0..100).map(|i| format!("X-{i}: 1\r\n")).collect();
+        assert!(head(&format!("GET http://a/ HTTP/1.1\r\n{fine}\r\n")).is_ok_and(|h| h.is_some()));
     }
 
     #[test]
