@@ -102,7 +102,7 @@ pub async fn serve(
             Err((status, rule)) => {
                 proxy.head_refused(peer, status, rule);
                 let _ = send(&mut wr, &[bare(status)], limits.idle_timeout).await;
-                linger(reader, wr).await;
+                Box::pin(linger(reader, wr)).await;
                 return;
             }
         };
@@ -115,7 +115,10 @@ pub async fn serve(
         let (req, mut loan) = request(head, reader);
         let resp = match &hold {
             Ok(h) => {
-                let handling = proxy.clone().handle(peer, ambiguous, h.clone(), req);
+                // Pinned where it is made: a future moved into a pinned place takes
+                // room in the connection's state twice.
+                let mut handling =
+                    std::pin::pin!(proxy.clone().handle(peer, ambiguous, h.clone(), req));
                 // The go-ahead only for an upload that is to be forwarded: a refused one
                 // gets its answer without the client sending its body first.
                 if expect && loan.is_err() && handling.is_go() {
@@ -124,7 +127,6 @@ pub async fn serve(
                         return;
                     }
                 }
-                let mut handling = std::pin::pin!(handling);
                 match &mut loan {
                     // A client that closes while its request waits for the origin has
                     // gone: the request is dropped (its record is written), as hyper
@@ -173,6 +175,8 @@ pub async fn serve(
             say_keep,
             say_10,
         );
+        // Its fields are written: the map goes back for a later head.
+        crate::headerpool::give(std::mem::take(&mut parts.headers));
         if connect_ok {
             let job = parts.extensions.remove::<TunnelTo>().and_then(|t| t.take());
             if send(&mut wr, &[&head], limits.idle_timeout).await.is_err() {
@@ -182,7 +186,7 @@ pub async fn serve(
             drop(relay);
             if let (Some(job), Ok(r)) = (job, loan) {
                 if let Ok(client) = r.rd.reunite(wr) {
-                    job.run(client, &r.buf).await;
+                    Box::pin(job.run(client, &r.buf)).await;
                 }
             }
             return;
@@ -209,7 +213,7 @@ pub async fn serve(
             return;
         }
         if !keep || !body_done {
-            linger(reader, wr).await;
+            Box::pin(linger(reader, wr)).await;
             return;
         }
     }
@@ -362,7 +366,8 @@ async fn relay_rest(
             return Some(Err(e));
         }
     }
-    match r.run(src, wr.as_ref(), n, count, idle).await {
+    // Boxed: a relay's wait is rare and large; the connection's state stays small.
+    match Box::pin(r.run(src, wr.as_ref(), n, count, idle)).await {
         Ok(m) => {
             up.spliced(m);
             Some(Ok(()))

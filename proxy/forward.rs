@@ -350,7 +350,7 @@ impl Proxy {
                 guard,
             ));
         };
-        if !is_connect && !host_agrees(req.headers(), &host, port) {
+        if !is_connect && !host_agrees(req.headers(), req.uri(), &host, port) {
             guard.rec.action = "blocked".into();
             return Step::Answer(self.refuse(
                 400,
@@ -468,6 +468,7 @@ impl Proxy {
             },
             &body,
         );
+        crate::headerpool::give(parts.headers);
         (out, body)
     }
 
@@ -495,7 +496,9 @@ impl Proxy {
             guard.rec.peer = Some(ip_text(targets.first.ip()));
             match kind {
                 JobKind::Tunnel { hold } => {
-                    match connect_first(targets.tried(), limits.upstream_connect_timeout).await {
+                    let connecting =
+                        connect_first(targets.tried(), limits.upstream_connect_timeout);
+                    match Box::pin(connecting).await {
                         Ok((tcp, used)) => {
                             self.connected(&host, &targets, used, &mut guard);
                             self.tunnel(tcp, limits.idle_timeout, guard, hold)
@@ -950,16 +953,15 @@ fn via_names(h: &HeaderMap, ours: &HeaderValue) -> bool {
 /// plain IPv4 address (`2130706433`, `0x7f.1`): the resolver would take it for some
 /// address the policy never saw.
 fn canonical_host(raw: &str) -> Option<String> {
-    let h = raw
-        .trim_matches(['[', ']'])
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
+    let h = raw.trim_matches(['[', ']']).trim_end_matches('.');
     if h.is_empty() {
         return None;
     }
+    // (IPv6 hex digits parse in either case.)
     if let Ok(ip) = h.parse::<IpAddr>() {
         return Some(ip_text(ip.to_canonical()));
     }
+    let h = h.to_ascii_lowercase();
     let last = h.rsplit('.').next().unwrap_or("");
     if last.chars().all(|c| c.is_ascii_digit()) || last.starts_with("0x") {
         return None;
@@ -980,11 +982,19 @@ fn target(uri: &Uri, connect: bool) -> Option<(String, u16)> {
     Some((canonical_host(a.host())?, a.port_u16().unwrap_or(80)))
 }
 
-/// Whether the Host header (if any) names the same host and port as the target.
-fn host_agrees(h: &HeaderMap, host: &str, port: u16) -> bool {
+/// Whether the Host header (if any) names the same host and port as the target
+/// (`uri`'s, whose canonical host and port are `host` and `port`).
+fn host_agrees(h: &HeaderMap, uri: &Uri, host: &str, port: u16) -> bool {
     let Some(v) = h.get(header::HOST) else {
         return true;
     };
+    // The usual case: the Host header is the target's authority, byte for byte.
+    if uri
+        .authority()
+        .is_some_and(|a| a.as_str().as_bytes() == v.as_bytes())
+    {
+        return true;
+    }
     let Ok(v) = v.to_str() else {
         return false;
     };
@@ -1048,11 +1058,31 @@ mod tests {
         }
         let u: Uri = "http://[::ffff:192.168.1.10]/".parse().unwrap();
         assert_eq!(target(&u, false), Some(("192.168.1.10".into(), 80)));
+        let u: Uri = "http://Example.COM:8080/x".parse().unwrap();
         let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("example.com:8080"));
-        assert!(host_agrees(&h, "example.com", 8080));
-        h.insert(header::HOST, HeaderValue::from_static("evil.com"));
-        assert!(!host_agrees(&h, "example.com", 8080));
+        assert!(host_agrees(&h, &u, "example.com", 8080), "no Host header");
+        // The same authority byte for byte, and the same host spelt otherwise.
+        for same in ["Example.COM:8080", "example.com:8080", "EXAMPLE.com.:8080"] {
+            h.insert(header::HOST, HeaderValue::from_static(same));
+            assert!(host_agrees(&h, &u, "example.com", 8080), "{same}");
+        }
+        for other in [
+            "evil.com",
+            "example.com",
+            "example.com:80",
+            "example.com:8080x",
+            "a@b",
+        ] {
+            h.insert(header::HOST, HeaderValue::from_static(other));
+            assert!(!host_agrees(&h, &u, "example.com", 8080), "{other}");
+        }
+        let u: Uri = "http://[::1]/".parse().unwrap();
+        for same in ["[::1]", "[::1]:80", "[0:0::1]"] {
+            h.insert(header::HOST, HeaderValue::from_static(same));
+            assert!(host_agrees(&h, &u, "::1", 80), "{same}");
+        }
+        assert_eq!(canonical_host("[::FFFF:10.0.0.1]"), Some("10.0.0.1".into()));
+        assert_eq!(canonical_host("Host.Example."), Some("host.example".into()));
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod diagnose;
 mod dnscache;
 mod forward;
 mod handover;
+mod headerpool;
 mod iptext;
 mod master;
 mod memory;

@@ -109,7 +109,7 @@ pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<ReqHead>, HeadErro
         *span = (at(h.name.as_bytes()), at(h.value));
     }
     let bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = crate::headerpool::take(count);
     for &((nf, nt), (vf, vt)) in spans.iter().take(count) {
         let name = HeaderName::from_bytes(&bytes[nf..nt])
             .map_err(|_| HeadError::Malformed("invalid header name"))?;

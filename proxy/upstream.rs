@@ -249,7 +249,7 @@ impl Upstream {
                 });
             }
         }
-        let (stream, addr) = connect_first(addrs, timeout).await?;
+        let (stream, addr) = Box::pin(connect_first(addrs, timeout)).await?;
         Ok(Conn {
             stream,
             buf: BytesMut::new(),
@@ -310,7 +310,7 @@ impl Upstream {
                 // (it refuses every upload): its answer, if one came, is what the
                 // client gets.
                 (Err(e @ (UpError::Io(_) | UpError::UploadStalled(_))), Some(_)) => {
-                    early_answer(&mut conn.stream, buf, head_req, e).await
+                    Box::pin(early_answer(&mut conn.stream, buf, head_req, e)).await
                 }
                 (Err(e), _) => Err(e),
                 (Ok(()), None) => {
@@ -322,7 +322,14 @@ impl Upstream {
                     }
                 }
                 (Ok(()), Some(upload)) => {
-                    upload_and_answer(&mut conn.stream, upload, buf, head_req, idle).await
+                    Box::pin(upload_and_answer(
+                        &mut conn.stream,
+                        upload,
+                        buf,
+                        head_req,
+                        idle,
+                    ))
+                    .await
                 }
             };
             match r {
@@ -537,9 +544,7 @@ async fn read_head<R: AsyncRead + Unpin>(
     // request reached the origin.
     let mut got_any = false;
     loop {
-        if let Some(len) = head_len(&buf)? {
-            let bytes = buf.split_to(len).freeze();
-            let mut head = parse_head(&bytes)?;
+        if let Some(mut head) = parse_head(&mut buf)? {
             if head.status.is_informational() {
                 if head.status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(UpError::Invalid(
@@ -581,26 +586,19 @@ async fn read_head<R: AsyncRead + Unpin>(
     }
 }
 
-/// The length of a complete head at the start of `buf`, or None when more is needed.
-fn head_len(buf: &[u8]) -> Result<Option<usize>, UpError> {
+/// The complete head at the start of `buf`, taken off it (None when more is
+/// needed). Parsed once; its header values are slices of the head's bytes, not copies.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, UpError> {
     if buf.is_empty() {
         return Ok(None);
     }
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::Response::new(&mut slots).parse(buf) {
-        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(e) => Err(UpError::Invalid(e.to_string())),
-    }
-}
-
-/// A complete head; its header values are slices of `bytes`, not copies.
-fn parse_head(bytes: &Bytes) -> Result<Head, UpError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
-    if !matches!(resp.parse(bytes), Ok(httparse::Status::Complete(_))) {
-        return Err(UpError::Invalid("incomplete response head".into()));
-    }
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(UpError::Invalid(e.to_string())),
+    };
     let status = resp
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
@@ -610,19 +608,37 @@ fn parse_head(bytes: &Bytes) -> Result<Head, UpError> {
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| UpError::Invalid(format!("bad header name {:?}", h.name)))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value))
-            .map_err(|_| UpError::Invalid(format!("bad value for header {}", h.name)))?;
+    // Where each field's name and value are in `buf` (a read buffer: u32 holds any
+    // offset in it): slices of the head's bytes once it is off the buffer.
+    let base = buf.as_ptr() as usize;
+    let at = |part: &[u8]| {
+        let from = part.as_ptr() as usize - base;
+        (from as u32, (from + part.len()) as u32)
+    };
+    let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
+    let count = resp.headers.len();
+    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+        *span = (at(h.name.as_bytes()), at(h.value));
+    }
+    let bytes = buf.split_to(len).freeze();
+    let mut headers = crate::headerpool::take(count);
+    for &((nf, nt), (vf, vt)) in spans.iter().take(count) {
+        let (nf, nt, vf, vt) = (nf as usize, nt as usize, vf as usize, vt as usize);
+        let name = HeaderName::from_bytes(&bytes[nf..nt]).map_err(|_| {
+            UpError::Invalid(format!(
+                "bad header name {:?}",
+                String::from_utf8_lossy(&bytes[nf..nt])
+            ))
+        })?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(vf..vt))
+            .map_err(|_| UpError::Invalid(format!("bad value for header {name}")))?;
         headers.append(name, value);
     }
-    Ok(Head {
+    Ok(Some(Head {
         status,
         version,
         headers,
-    })
+    }))
 }
 
 /// The comma-separated tokens of every `name` header, trimmed, empty ones skipped
@@ -689,11 +705,52 @@ mod tests {
     use super::*;
 
     fn head(text: &str) -> Head {
-        assert_eq!(head_len(text.as_bytes()).ok().flatten(), Some(text.len()));
-        match parse_head(&Bytes::copy_from_slice(text.as_bytes())) {
-            Ok(h) => h,
+        let mut buf = BytesMut::from(text);
+        match parse_head(&mut buf) {
+            Ok(Some(h)) => {
+                assert!(buf.is_empty(), "the whole head is taken off the buffer");
+                h
+            }
+            Ok(None) => panic!("a partial head: {text:?}"),
             Err(e) => panic!("not a head: {e}"),
         }
+    }
+
+    #[test]
+    fn values_stay_with_their_names_in_order() {
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-B: two\r\nSet-Cookie: c=3\r\nServer: s\r\n\r\nBODY",
+        );
+        let h = match parse_head(&mut buf) {
+            Ok(Some(h)) => h,
+            _ => panic!("a whole head"),
+        };
+        assert_eq!(&buf[..], b"BODY");
+        let all: Vec<(String, String)> = h
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+            .collect();
+        let want = [
+            ("set-cookie", "a=1"),
+            ("set-cookie", "c=3"),
+            ("x-b", "two"),
+            ("server", "s"),
+        ];
+        assert_eq!(all.len(), want.len());
+        for (n, v) in want {
+            assert!(
+                all.contains(&(n.to_string(), v.to_string())),
+                "{n}: {v} in {all:?}"
+            );
+        }
+        let cookies: Vec<&[u8]> = h
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(cookies, [&b"a=1"[..], b"c=3"]);
     }
 
     #[test]
@@ -724,9 +781,16 @@ mod tests {
 
     #[test]
     fn partial_and_bad_heads() {
-        assert!(matches!(head_len(b"HTTP/1.1 200 OK\r\nA: b\r\n"), Ok(None)));
-        assert!(head_len(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
-        assert!(head_len(b"HTTP/1.1 2000 OK\r\n\r\n").is_err());
+        let text = "HTTP/1.1 200 OK\r\nA: b\r\n";
+        let mut partial = BytesMut::from(text);
+        assert!(matches!(parse_head(&mut partial), Ok(None)));
+        assert_eq!(
+            &partial[..],
+            text.as_bytes(),
+            "a partial head stays in the buffer"
+        );
+        assert!(parse_head(&mut BytesMut::from("SSH-2.0-OpenSSH\r\n\r\n")).is_err());
+        assert!(parse_head(&mut BytesMut::from("HTTP/1.1 2000 OK\r\n\r\n")).is_err());
     }
 
     #[test]
