@@ -55,7 +55,14 @@ fn push_field(out: &mut String, s: &str) {
         out.push('-');
         return;
     }
-    if !s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    // Most fields are ASCII: a byte test says the same there (ASCII whitespace and
+    // control characters are the bytes up to the space, and DEL).
+    let clean = if s.is_ascii() {
+        !s.bytes().any(|b| b <= b' ' || b == 0x7f)
+    } else {
+        !s.chars().any(|c| c.is_whitespace() || c.is_control())
+    };
+    if clean {
         out.push_str(s);
         return;
     }
@@ -117,6 +124,25 @@ impl AccessRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_lose_whitespace_and_control_characters_only() {
+        // Every ASCII character, and some that are not: the byte test for ASCII says
+        // what the character test says.
+        for c in (0u8..=127).map(char::from).chain(['\u{a0}', '\u{2028}', '\u{85}', 'é']) {
+            let mut out = String::new();
+            push_field(&mut out, &format!("a{c}b"));
+            let want = if c.is_whitespace() || c.is_control() {
+                "a_b".to_string()
+            } else {
+                format!("a{c}b")
+            };
+            assert_eq!(out, want, "{:?}", c);
+        }
+        let mut out = String::new();
+        push_field(&mut out, "");
+        assert_eq!(out, "-");
+    }
 
     #[test]
     fn squid_native_format() {
