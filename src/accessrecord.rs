@@ -129,7 +129,10 @@ mod tests {
     fn fields_lose_whitespace_and_control_characters_only() {
         // Every ASCII character, and some that are not: the byte test for ASCII says
         // what the character test says.
-        for c in (0u8..=127).map(char::from).chain(['\u{a0}', '\u{2028}', '\u{85}', 'é']) {
+        for c in (0u8..=127)
+            .map(char::from)
+            .chain(['\u{a0}', '\u{2028}', '\u{85}', 'é'])
+        {
             let mut out = String::new();
             push_field(&mut out, &format!("a{c}b"));
             let want = if c.is_whitespace() || c.is_control() {
