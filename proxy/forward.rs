@@ -651,7 +651,24 @@ impl Proxy {
             Ok(r) => r,
         };
         // An origin that stops sending mid-body is given up after the idle timeout.
-        let body = body.with_stall_limit(limits.idle_timeout);
+        let mut body = body.with_stall_limit(limits.idle_timeout);
+        // An upload that fails once its answer has begun leaves the answer as it is (the
+        // client gets what the origin sends): extended.log says what happened to it.
+        if body.uploading() {
+            let node = self.node.clone();
+            let (url, client, up) = (
+                guard.rec.url.clone(),
+                guard.rec.client.clone(),
+                guard.up.clone(),
+            );
+            body.on_upload_stopped(Box::new(move |e| {
+                let sent = up.load(std::sync::atomic::Ordering::Relaxed);
+                node.files.log.warn(
+                    "proxy",
+                    &format!("the upload to {url} from {client} stopped after its answer had begun ({sent} bytes of it had come from the client): {e}"),
+                );
+            }));
+        }
         let mut resp = Response::new(());
         *resp.status_mut() = head.status;
         *resp.headers_mut() = head.headers;

@@ -6,7 +6,9 @@
 //! sending mid-body for longer than the stall limit fails the body (the client's
 //! connection is closed) instead of holding both connections open forever. When the
 //! answer came before the whole request body, the rest of the upload is driven from
-//! here too, between reads, on a connection that is then not kept.
+//! here too, between reads, on a connection that is then not kept; if it fails there
+//! (the client stopped sending, the origin stopped reading), the answer goes on and the
+//! failure is told to the caller's hook (the proxy writes it to extended.log).
 
 use std::future::Future;
 use std::io;
@@ -20,7 +22,10 @@ use hyper::body::{Body, Frame, SizeHint};
 use crate::chunked::Decoder;
 use crate::stall::Stall;
 use crate::upload::Upload;
-use crate::upstream::Conn;
+use crate::upstream::{Conn, UpError};
+
+/// Told why the rest of an upload failed after the answer had begun.
+pub type UploadStopped = Box<dyn FnOnce(&UpError) + Send>;
 
 /// The most read from the upstream socket at once.
 const READ_MAX: usize = 64 * 1024;
@@ -73,6 +78,8 @@ pub struct UpBody {
     /// The rest of the request body, when the answer came before all of it: it goes on
     /// being sent while the answer is read.
     upload: Option<Upload>,
+    /// Called if that rest fails.
+    upload_stopped: Option<UploadStopped>,
 }
 
 fn bad(msg: &str) -> io::Error {
@@ -94,6 +101,7 @@ impl UpBody {
             keep,
             stall: None,
             upload: None,
+            upload_stopped: None,
         };
         // A body of nothing may never be polled: the connection is free at once.
         if body.exact_left() == Some(0) {
@@ -116,6 +124,16 @@ impl UpBody {
             self.upload = upload;
         }
         self
+    }
+
+    /// Whether the rest of the request body is still being sent.
+    pub fn uploading(&self) -> bool {
+        self.upload.is_some()
+    }
+
+    /// Call `hook` with the reason if the rest of the request body fails.
+    pub fn on_upload_stopped(&mut self, hook: UploadStopped) {
+        self.upload_stopped = Some(hook);
     }
 
     /// The upstream socket and the bytes of the body still to come from it, when the
@@ -154,18 +172,25 @@ impl UpBody {
     }
 
     /// Move the rest of the upload on, if there is one. Once it fails (the client or
-    /// the origin stopped), it is dropped: the answer still goes to the client.
+    /// the origin stopped), it is dropped, and the hook told why: the answer still
+    /// goes to the client.
     fn poll_upload(&mut self, cx: &mut Context<'_>) {
         let Some(up) = self.upload.as_mut() else {
             return;
         };
-        let moving = match self.conn.as_mut() {
-            Some(conn) => up.poll(&mut conn.stream, cx).is_pending(),
-            None => false,
+        // (With the connection gone, the answer is over: what the origin did not take
+        // it did not want.)
+        let done = match self.conn.as_mut() {
+            Some(conn) => match up.poll(&mut conn.stream, cx) {
+                Poll::Pending => return,
+                Poll::Ready(r) => r,
+            },
+            None => Ok(()),
         };
-        if !moving {
-            // The answer's stall limit counts from its next wait (see `poll_fill`).
-            self.upload = None;
+        // The answer's stall limit counts from its next wait (see `poll_fill`).
+        self.upload = None;
+        if let (Err(e), Some(hook)) = (done, self.upload_stopped.take()) {
+            hook(&e);
         }
     }
 

@@ -818,6 +818,87 @@ fn content_length(head: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// An upload that stops after its answer has begun: the answer was the origin's to
+/// give and stays as it is, and extended.log says that the upload stopped, how much of
+/// it came, and why.
+#[test]
+fn an_upload_that_stops_after_its_answer_began_is_told() {
+    let env = Env::new();
+    let (node, proxy) = gateway(
+        &env,
+        "up-stopped",
+        "rules: []\nlimits: { idle_timeout: 3s }\n",
+    );
+    // Answers at once, then echoes what it reads.
+    let origin = one_request_origin(|mut s, _, first| {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n";
+        if s.write_all(head).is_err() || s.write_all(&first).is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut s, &mut buf) {
+            if s.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    });
+    let mut c = TcpStream::connect(proxy.trim_start_matches("http://")).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let head = format!(
+        "POST http://{origin}/up HTTP/1.1\r\nHost: {origin}\r\nContent-Length: 1000000\r\n\r\n"
+    );
+    c.write_all(head.as_bytes()).expect("send the head");
+    c.write_all(&[b'u'; 1000]).expect("send a part of the body");
+    // The answer begins: its head, then the echo of the part sent.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answered = |got: &[u8]| {
+        got.windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .is_some_and(|end| got.len() >= end + 4 + 1000)
+    };
+    while !answered(&got) {
+        match std::io::Read::read(&mut c, &mut buf) {
+            Ok(0) | Err(_) => panic!(
+                "the answer did not begin: {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let log = node.files.extended_log();
+    assert!(
+        !log.contains("stopped after its answer had begun"),
+        "told before it stopped:\n{log}"
+    );
+    // The client stops: it ends its sending side, 999,000 bytes short.
+    c.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = node.files.extended_log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("stopped after its answer had begun"))
+        {
+            assert!(line.contains(&format!("http://{origin}/up")), "{line}");
+            assert!(line.contains("(1000 bytes of it had come"), "{line}");
+            assert!(line.contains("request body failed"), "{line}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no word of the stopped upload in extended.log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The proxy sends the upload and reads the answer at the same time: an origin that
 /// streams its answer while it reads a large upload gets all of it (were the two done
 /// one after the other, both sides would wait on full socket buffers until the idle
