@@ -466,7 +466,7 @@ pub struct LogsArgs {
     /// Only lines containing this text.
     #[arg(long, value_name = "TEXT")]
     pub grep: Option<String>,
-    /// Only this category: sync, portal, access, config, restart, report.
+    /// Only this category: sync, portal, access, config, restart, report, proxy.
     #[arg(long)]
     pub category: Option<String>,
     /// The master, for its copy of a slave's events when the slave cannot be reached

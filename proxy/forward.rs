@@ -27,6 +27,7 @@ use crate::connlimit::Permit;
 use crate::dnscache::DnsCache;
 use crate::node::Node;
 use crate::pages;
+use crate::throttle::Throttle;
 use crate::tracked::{CountIo, Counted, ProxyBody, RecordGuard, Tracked};
 use crate::upbody::UpBody;
 use crate::upstream::{connect_first, Head, Outgoing, Prepared, UpError, Upstream, MAX_ADDRS};
@@ -46,6 +47,8 @@ pub struct Proxy {
     via: HeaderValue,
     /// This node's own listeners: never a forwarding target.
     own: Vec<SocketAddr>,
+    /// extended.log lines for uploads stopped after their answer began.
+    upload_stops: Arc<Throttle>,
 }
 
 /// Hop-by-hop headers never forwarded (RFC 9110 7.6.1, plus the proxy ones).
@@ -145,6 +148,7 @@ impl Proxy {
             log,
             via,
             own,
+            upload_stops: Arc::default(),
         })
     }
 
@@ -654,18 +658,32 @@ impl Proxy {
         let mut body = body.with_stall_limit(limits.idle_timeout);
         // An upload that fails once its answer has begun leaves the answer as it is (the
         // client gets what the origin sends): extended.log says what happened to it.
+        // Only a stop of the client's or a stall of the origin's: an origin that closes
+        // has ended its answer or will fail it (the answer says so). The URL goes without
+        // its query (extended.log holds nothing secret), at most one line a second (any
+        // client can cause it).
         if body.uploading() {
-            let node = self.node.clone();
-            let (url, client, up) = (
-                guard.rec.url.clone(),
-                guard.rec.client.clone(),
-                guard.up.clone(),
-            );
+            let (node, throttle) = (self.node.clone(), self.upload_stops.clone());
+            let url = guard.rec.url.split('?').next().unwrap_or("").to_string();
+            let (client, up) = (guard.rec.client.clone(), guard.up.clone());
             body.on_upload_stopped(Box::new(move |e| {
+                if !matches!(
+                    e,
+                    UpError::ClientBody(_) | UpError::ClientStalled(_) | UpError::UploadStalled(_)
+                ) {
+                    return;
+                }
+                let Some(skipped) = throttle.admit(now_ms()) else {
+                    return;
+                };
                 let sent = up.load(std::sync::atomic::Ordering::Relaxed);
+                let more = match skipped {
+                    0 => String::new(),
+                    n => format!(" ({n} more since the last such line)"),
+                };
                 node.files.log.warn(
                     "proxy",
-                    &format!("the upload to {url} from {client} stopped after its answer had begun ({sent} bytes of it had come from the client): {e}"),
+                    &format!("the upload to {url} from {client} stopped after its answer had begun ({sent} bytes of it had come from the client): {e}{more}"),
                 );
             }));
         }

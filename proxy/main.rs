@@ -29,6 +29,7 @@ mod slave;
 mod splice;
 mod stall;
 mod sync_api;
+mod throttle;
 mod tracked;
 mod upbody;
 mod upload;

@@ -2,7 +2,7 @@
 //! `TIME LEVEL NODE CATEGORY: MESSAGE`, e.g.
 //! `2026-11-26T15:00:00Z INFO slave-1 sync: synchronized section: rules`.
 //!
-//! Categories: sync, portal, access, config, restart, report. Nothing secret is ever
+//! Categories: sync, portal, access, config, restart, report, proxy. Nothing secret is ever
 //! written here: callers pass key ids and fingerprints, never keys. Appends are single
 //! `write` calls on an O_APPEND file, so the daemon and a `ssq --local` edit can both log.
 //!
@@ -125,7 +125,9 @@ pub fn format_line(level: Level, node: &str, category: &str, message: &str) -> S
 }
 
 /// The categories an event line may carry.
-pub const CATEGORIES: &[&str] = &["sync", "portal", "access", "config", "restart", "report"];
+pub const CATEGORIES: &[&str] = &[
+    "sync", "portal", "access", "config", "restart", "report", "proxy",
+];
 
 /// Lines a read returns when the query names no `n`.
 pub const DEFAULT_LINES: usize = 100;

@@ -827,7 +827,7 @@ fn an_upload_that_stops_after_its_answer_began_is_told() {
     let (node, proxy) = gateway(
         &env,
         "up-stopped",
-        "rules: []\nlimits: { idle_timeout: 3s }\n",
+        "rules: []\nlimits: { idle_timeout: 30s }\n",
     );
     // Answers at once, then echoes what it reads.
     let origin = one_request_origin(|mut s, _, first| {
@@ -846,7 +846,7 @@ fn an_upload_that_stops_after_its_answer_began_is_told() {
     c.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
     let head = format!(
-        "POST http://{origin}/up HTTP/1.1\r\nHost: {origin}\r\nContent-Length: 1000000\r\n\r\n"
+        "POST http://{origin}/up?token=s3cret HTTP/1.1\r\nHost: {origin}\r\nContent-Length: 1000000\r\n\r\n"
     );
     c.write_all(head.as_bytes()).expect("send the head");
     c.write_all(&[b'u'; 1000]).expect("send a part of the body");
@@ -886,7 +886,11 @@ fn an_upload_that_stops_after_its_answer_began_is_told() {
             .lines()
             .find(|l| l.contains("stopped after its answer had begun"))
         {
-            assert!(line.contains(&format!("http://{origin}/up")), "{line}");
+            assert!(line.contains(&format!("http://{origin}/up ")), "{line}");
+            assert!(
+                !line.contains("s3cret"),
+                "the query is not for extended.log: {line}"
+            );
             assert!(line.contains("(1000 bytes of it had come"), "{line}");
             assert!(line.contains("request body failed"), "{line}");
             break;
