@@ -911,7 +911,7 @@ fn an_upload_that_stops_after_its_answer_began_is_told() {
 #[test]
 fn an_answer_flows_while_the_upload_goes_on() {
     let env = Env::new();
-    let (_node, proxy) = gateway(
+    let (node, proxy) = gateway(
         &env,
         "up-duplex",
         "rules: []\nlimits: { idle_timeout: 4s }\n",
@@ -991,5 +991,12 @@ fn an_answer_flows_while_the_upload_goes_on() {
     assert!(
         took < Duration::from_secs(3),
         "the early answer waited {took:?} (the idle timeout is 4 s)"
+    );
+    // Neither an upload sent whole nor one whose answer ended first stopped: no word
+    // of one in extended.log.
+    let log = node.files.extended_log();
+    assert!(
+        !log.contains("stopped after its answer had begun"),
+        "a stopped upload told where none stopped:\n{log}"
     );
 }
