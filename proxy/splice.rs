@@ -13,7 +13,10 @@
 //! tunnels copy as before. The rest of a large response body goes the same way, from
 //! the origin's socket to the client's ([`Relay`], one pipe kept by a client connection
 //! from its first such body on), within a budget of its own of the same count (an
-//! eighth of the descriptors); past it, bodies are copied.
+//! eighth of the descriptors); past it, bodies are copied. A relay's pipe is enlarged
+//! to 128 KiB when a budget of such pipes has room (half of the kernel's per-user soft
+//! limit on pipe pages, `fs.pipe-user-pages-soft`: 256 pipes by default), so that a
+//! body of up to 128 KiB goes through in one splice each way, not two or more.
 //!
 //! Known limits: TCP urgent data (`MSG_OOB`, which neither TLS nor HTTP uses) stops a
 //! splice at its mark, so such a tunnel stalls there until the idle limit. Past the
@@ -34,6 +37,8 @@ use crate::stall::Stall;
 
 /// The most moved by one splice call (a pipe's default capacity).
 const STEP: usize = 64 * 1024;
+/// A relay's pipe, when the budget of large pipes has room.
+const RELAY_PIPE: usize = 128 * 1024;
 /// Splice calls a relay makes in one poll (up to 1 MiB moved) before it yields.
 const YIELD_STEPS: usize = 33;
 
@@ -47,20 +52,44 @@ static IN_USE: AtomicUsize = AtomicUsize::new(0);
 /// size: a relay's two descriptors are half a tunnel's four, and idle kept-alive
 /// connections holding relays must not leave tunnels without pipes).
 static RELAYS_IN_USE: AtomicUsize = AtomicUsize::new(0);
+/// Relays whose pipe may be enlarged to [`RELAY_PIPE`] at once ([`large_relays`]).
+static LARGE_BUDGET: AtomicUsize = AtomicUsize::new(256);
+/// Relays holding an enlarged pipe now.
+static LARGE_IN_USE: AtomicUsize = AtomicUsize::new(0);
 
 /// Let at most `tunnels` tunnels hold pipes at once (and as many relays).
+/// Also reads the kernel's soft limit on pipe pages to size the budget of enlarged
+/// relay pipes.
 pub fn set_budget(tunnels: usize) {
     BUDGET.store(tunnels, Ordering::Relaxed);
+    let soft = std::fs::read_to_string("/proc/sys/fs/pipe-user-pages-soft")
+        .ok()
+        .and_then(|t| t.trim().parse::<usize>().ok());
+    LARGE_BUDGET.store(large_relays(soft), Ordering::Relaxed);
+}
+
+/// How many relays may hold an enlarged pipe, given the kernel's soft limit on pipe
+/// pages per user (0: none; None: unknown, taken as the default 16384 pages): half of
+/// those pages, so that tunnels and the node's other pipes keep the rest. Without a
+/// limit, the default's share still bounds the kernel memory held in relay pipes.
+fn large_relays(soft_pages: Option<usize>) -> usize {
+    const DEFAULT_SOFT_PAGES: usize = 16384;
+    let pages = match soft_pages {
+        Some(0) | None => DEFAULT_SOFT_PAGES,
+        Some(p) => p,
+    };
+    pages / 2 / (RELAY_PIPE / 4096)
 }
 
 /// One place in a budget, given back when dropped.
 struct Slot(&'static AtomicUsize);
 
 impl Slot {
-    fn take(in_use: &'static AtomicUsize) -> Option<Slot> {
+    /// A place in `in_use`, if that stays within `budget`.
+    fn take(in_use: &'static AtomicUsize, budget: &AtomicUsize) -> Option<Slot> {
         // Not `then_some(Slot)`: that would make (and drop, giving a place back) a Slot
         // even when the claim failed.
-        if claim(in_use, BUDGET.load(Ordering::Relaxed)) {
+        if claim(in_use, budget.load(Ordering::Relaxed)) {
             Some(Slot(in_use))
         } else {
             None
@@ -103,6 +132,15 @@ impl Pipe {
         // SAFETY: pipe2 succeeded, so both are open descriptors that nothing else owns.
         let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         Ok(Pipe { r, w })
+    }
+
+    /// Enlarge the pipe to at least `size` bytes; its capacity now. Fails past the
+    /// kernel's limits (`fs.pipe-max-size`, or the user's pipe pages).
+    fn grow(&self, size: usize) -> io::Result<usize> {
+        let size = libc::c_int::try_from(size).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own; it takes and returns an int.
+        let rc = unsafe { libc::fcntl(self.w.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+        usize::try_from(rc).map_err(|_| io::Error::last_os_error())
     }
 }
 
@@ -199,18 +237,35 @@ impl Half {
 
 /// One pipe for moving response bodies from an origin's socket to a client's: a
 /// client connection makes it for its first large body and keeps it, empty between
-/// bodies. It takes a place in the same budget as a tunnel.
+/// bodies. It takes a place in the same budget as a tunnel, and one in the budget of
+/// enlarged pipes while it holds one.
 pub struct Relay {
     pipe: Pipe,
+    /// The most one splice moves: the pipe's capacity.
+    step: usize,
     _slot: Slot,
+    _large: Option<Slot>,
 }
 
 impl Relay {
-    /// A relay, if the budget has room and a pipe can be made.
+    /// A relay, if the budget has room and a pipe can be made. Its pipe is enlarged to
+    /// [`RELAY_PIPE`] if the budget of enlarged pipes has room and the kernel allows.
     pub fn new() -> Option<Relay> {
-        let slot = Slot::take(&RELAYS_IN_USE)?;
+        let slot = Slot::take(&RELAYS_IN_USE, &BUDGET)?;
         let pipe = Pipe::new().ok()?;
-        Some(Relay { pipe, _slot: slot })
+        let (step, large) = match Slot::take(&LARGE_IN_USE, &LARGE_BUDGET) {
+            Some(large) => match pipe.grow(RELAY_PIPE) {
+                Ok(cap) => (cap.max(STEP), Some(large)),
+                Err(_) => (STEP, None),
+            },
+            None => (STEP, None),
+        };
+        Some(Relay {
+            pipe,
+            step,
+            _slot: slot,
+            _large: large,
+        })
     }
 
     /// Move exactly `n` bytes from `src` to `dst`, counting them into `count`; each
@@ -258,7 +313,7 @@ impl Relay {
                     return Poll::Ready(Ok(n));
                 } else {
                     let pipe = self.pipe.w.as_raw_fd();
-                    let want = usize::try_from(left).unwrap_or(STEP).min(STEP);
+                    let want = usize::try_from(left).unwrap_or(self.step).min(self.step);
                     match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe, want)) {
                         Ok(0) => {
                             return Poll::Ready(Err(io::Error::new(
@@ -308,7 +363,7 @@ impl Tunnel {
     /// # Errors
     /// When the budget of tunnels with pipes is spent, or a pipe cannot be made.
     pub fn new(up: Arc<AtomicU64>, down: Arc<AtomicU64>) -> io::Result<Tunnel> {
-        let slot = Slot::take(&IN_USE)
+        let slot = Slot::take(&IN_USE, &BUDGET)
             .ok_or_else(|| io::Error::other("every tunnel with pipes allowed is open"))?;
         Ok(Tunnel {
             to_server: Half::new(up)?,
@@ -444,6 +499,48 @@ mod tests {
         );
         in_use.fetch_sub(1, Ordering::Relaxed);
         assert!(claim(&in_use, 2), "a closed tunnel's place is free");
+    }
+
+    #[test]
+    fn enlarged_relay_pipes_take_half_the_kernels_soft_limit() {
+        assert_eq!(large_relays(Some(16384)), 256, "the kernel's default");
+        assert_eq!(large_relays(None), 256, "unknown: as the default");
+        assert_eq!(large_relays(Some(0)), 256, "no limit: as the default");
+        assert_eq!(large_relays(Some(1000)), 15);
+        assert_eq!(large_relays(Some(40)), 0, "too few pages for one");
+    }
+
+    #[tokio::test]
+    async fn a_relay_moves_its_bytes_through_an_enlarged_pipe_and_no_more() {
+        let (mut origin_far, origin) = pair().await;
+        let (client, mut client_far) = pair().await;
+        let mut relay = Relay::new().expect("a relay");
+        assert_eq!(relay.step, RELAY_PIPE, "the pipe was enlarged");
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let sent = body.clone();
+        let send = tokio::spawn(async move {
+            origin_far.write_all(&sent).await.expect("origin sends");
+            origin_far
+                .write_all(b"next")
+                .await
+                .expect("origin sends more");
+            origin_far
+        });
+        let count = AtomicU64::new(0);
+        let moved = relay
+            .run(&origin, &client, 300_000, &count, Duration::from_secs(5))
+            .await
+            .expect("relayed");
+        assert_eq!(moved, 300_000);
+        assert_eq!(count.load(Ordering::Relaxed), 300_000);
+        let mut got = vec![0u8; 300_000];
+        client_far.read_exact(&mut got).await.expect("client reads");
+        assert!(got == body, "the body changed on the way");
+        let _origin_far = send.await.expect("origin task");
+        let mut next = [0u8; 4];
+        let mut origin = origin;
+        origin.read_exact(&mut next).await.expect("the rest stays");
+        assert_eq!(&next, b"next", "the relay took bytes past its body");
     }
 
     #[tokio::test]
