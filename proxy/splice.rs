@@ -15,8 +15,10 @@
 //! from its first such body on), within a budget of its own of the same count (an
 //! eighth of the descriptors); past it, bodies are copied. A relay's pipe is enlarged
 //! to 128 KiB when a budget of such pipes has room (half of the kernel's per-user soft
-//! limit on pipe pages, `fs.pipe-user-pages-soft`: 256 pipes by default), so that a
-//! body of up to 128 KiB goes through in one splice each way, not two or more.
+//! limit on pipe pages, `fs.pipe-user-pages-soft`, or of its default where it is 0:
+//! 256 pipes with 4 KiB pages), so that one splice moves up to 128 KiB, not 64 (a body
+//! that has all come in large pieces, as on loopback, goes through in one splice each
+//! way). Where the kernel refuses (past its limits), the pipe stays as it was made.
 //!
 //! Known limits: TCP urgent data (`MSG_OOB`, which neither TLS nor HTTP uses) stops a
 //! splice at its mark, so such a tunnel stalls there until the idle limit. Past the
@@ -35,11 +37,13 @@ use tokio::net::TcpStream;
 
 use crate::stall::Stall;
 
-/// The most moved by one splice call (a pipe's default capacity).
+/// The most moved by one splice call of a tunnel, or of a relay whose pipe was not
+/// enlarged (a pipe's default capacity).
 const STEP: usize = 64 * 1024;
 /// A relay's pipe, when the budget of large pipes has room.
 const RELAY_PIPE: usize = 128 * 1024;
-/// Splice calls a relay makes in one poll (up to 1 MiB moved) before it yields.
+/// Splice calls a relay makes in one poll (up to 1 MiB moved, 2 MiB through an
+/// enlarged pipe) before it yields.
 const YIELD_STEPS: usize = 33;
 
 /// Tunnels that may hold pipes at once (four descriptors each, on top of their two
@@ -65,20 +69,23 @@ pub fn set_budget(tunnels: usize) {
     let soft = std::fs::read_to_string("/proc/sys/fs/pipe-user-pages-soft")
         .ok()
         .and_then(|t| t.trim().parse::<usize>().ok());
-    LARGE_BUDGET.store(large_relays(soft), Ordering::Relaxed);
+    // SAFETY: sysconf only reads a system value.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    LARGE_BUDGET.store(large_relays(soft, page), Ordering::Relaxed);
 }
 
 /// How many relays may hold an enlarged pipe, given the kernel's soft limit on pipe
-/// pages per user (0: none; None: unknown, taken as the default 16384 pages): half of
-/// those pages, so that tunnels and the node's other pipes keep the rest. Without a
-/// limit, the default's share still bounds the kernel memory held in relay pipes.
-fn large_relays(soft_pages: Option<usize>) -> usize {
+/// pages per user (0: none; None: unknown, taken as the default 16384 pages) and its
+/// page size: half of those pages, so that tunnels and the node's other pipes keep the
+/// rest. Without a limit, the default's share still bounds the kernel memory held in
+/// relay pipes.
+fn large_relays(soft_pages: Option<usize>, page: usize) -> usize {
     const DEFAULT_SOFT_PAGES: usize = 16384;
     let pages = match soft_pages {
         Some(0) | None => DEFAULT_SOFT_PAGES,
         Some(p) => p,
     };
-    pages / 2 / (RELAY_PIPE / 4096)
+    pages / 2 / RELAY_PIPE.div_ceil(page.max(1))
 }
 
 /// One place in a budget, given back when dropped.
@@ -134,9 +141,21 @@ impl Pipe {
         Ok(Pipe { r, w })
     }
 
-    /// Enlarge the pipe to at least `size` bytes; its capacity now. Fails past the
-    /// kernel's limits (`fs.pipe-max-size`, or the user's pipe pages).
+    /// The pipe's capacity in bytes.
+    fn capacity(&self) -> io::Result<usize> {
+        // SAFETY: F_GETPIPE_SZ on a pipe descriptor we own; it returns an int.
+        let rc = unsafe { libc::fcntl(self.w.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        usize::try_from(rc).map_err(|_| io::Error::last_os_error())
+    }
+
+    /// Enlarge the pipe to at least `size` bytes (one that holds that much already is
+    /// left as it is: with large pages, the default is larger); its capacity now. Fails
+    /// past the kernel's limits (`fs.pipe-max-size`, or the user's pipe pages).
     fn grow(&self, size: usize) -> io::Result<usize> {
+        let now = self.capacity()?;
+        if now >= size {
+            return Ok(now);
+        }
         let size = libc::c_int::try_from(size).map_err(|_| io::ErrorKind::InvalidInput)?;
         // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own; it takes and returns an int.
         let rc = unsafe { libc::fcntl(self.w.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
@@ -241,7 +260,8 @@ impl Half {
 /// enlarged pipes while it holds one.
 pub struct Relay {
     pipe: Pipe,
-    /// The most one splice moves: the pipe's capacity.
+    /// The most one splice is asked to move: the enlarged pipe's capacity, or
+    /// [`STEP`].
     step: usize,
     _slot: Slot,
     _large: Option<Slot>,
@@ -503,11 +523,16 @@ mod tests {
 
     #[test]
     fn enlarged_relay_pipes_take_half_the_kernels_soft_limit() {
-        assert_eq!(large_relays(Some(16384)), 256, "the kernel's default");
-        assert_eq!(large_relays(None), 256, "unknown: as the default");
-        assert_eq!(large_relays(Some(0)), 256, "no limit: as the default");
-        assert_eq!(large_relays(Some(1000)), 15);
-        assert_eq!(large_relays(Some(40)), 0, "too few pages for one");
+        assert_eq!(large_relays(Some(16384), 4096), 256, "the kernel's default");
+        assert_eq!(large_relays(None, 4096), 256, "unknown: as the default");
+        assert_eq!(large_relays(Some(0), 4096), 256, "no limit: as the default");
+        assert_eq!(large_relays(Some(1000), 4096), 15);
+        assert_eq!(large_relays(Some(40), 4096), 0, "too few pages for one");
+        assert_eq!(
+            large_relays(Some(16384), 65536),
+            4096,
+            "64 KiB pages: one page a pipe"
+        );
     }
 
     #[tokio::test]
@@ -515,7 +540,15 @@ mod tests {
         let (mut origin_far, origin) = pair().await;
         let (client, mut client_far) = pair().await;
         let mut relay = Relay::new().expect("a relay");
-        assert_eq!(relay.step, RELAY_PIPE, "the pipe was enlarged");
+        // Enlarged unless the kernel refused (past its limits on this machine): then
+        // the relay asks for the default step and keeps no place among large pipes.
+        if relay._large.is_some() {
+            assert!(relay.step >= RELAY_PIPE, "the step is the enlarged pipe's");
+            let cap = relay.pipe.capacity().expect("the pipe's size");
+            assert!(cap >= relay.step, "the pipe holds a whole step: {cap}");
+        } else {
+            assert_eq!(relay.step, STEP);
+        }
         let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
         let sent = body.clone();
         let send = tokio::spawn(async move {
