@@ -7,7 +7,9 @@ origin (upstream keep-alive; the reference for what a mature C proxy costs here)
 loopback and measures with wrk, in one run:
 
   * target: direct to nginx, through ssqd, through Squid, through nginx-proxy;
-  * body: 1 KiB and 100 KiB; connections: 64 and 256;
+  * body: 1 KiB and 100 KiB; connections: 64 and 256; and, for information, 1 KiB
+    over one connection (requests one at a time: each one's whole cost, nothing shared
+    with others; where the issue's per-request figures for Squid come from);
   * req/s, body MiB/s, p50/p99 latency (wrk), each proxy's CPU time per request
     (utime+stime from /proc over its whole process tree / requests wrk completed) and
     RSS (VmRSS, idle before the runs and peak sampled every 200 ms during each run);
@@ -649,7 +651,7 @@ def wrk_script(root: Path, name: str, path: str | None, host: str | None) -> Pat
 
 
 def run_wrk(url: str, script: Path, conns: int, threads: int, duration: float) -> dict:
-    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "10s", "--latency",
+    cmd = ["wrk", f"-t{min(threads, conns)}", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "10s", "--latency",
            "-s", str(script), url]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     m = re.search(r"BENCHJSON (\{.*\})", p.stdout)
@@ -786,6 +788,8 @@ class Bench:
 
     def measure(self) -> None:
         configs = [("1k", 64), ("1k", 256), ("100k", 64), ("100k", 256)]
+        if self.args.one_conn:
+            configs.append(("1k", 1))
         base = [t for t in ("direct", "ssqd", "squid", "nginx-proxy") if t in self.targets]
         for r in range(self.args.rounds):
             for body, conns in configs:
@@ -820,6 +824,12 @@ class Bench:
         xs = [ra[k] / rb[k] for k in ra if k in rb and ra[k] is not None and rb[k]]
         return median(xs)
 
+    def diff(self, a: str, b: str, body: str, conns: int, key: str) -> float | None:
+        """Median over rounds of a-b (same round)."""
+        ra = {r["round"]: r[key] for r in self.cell(a, body, conns)}
+        rb = {r["round"]: r[key] for r in self.cell(b, body, conns)}
+        return median([ra[k] - rb[k] for k in ra if k in rb and ra[k] is not None and rb[k] is not None])
+
     def ratios(self, a: str, b: str, body: str, conns: int) -> dict:
         return {
             "req_s": rnd(self.ratio(a, b, body, conns, "req_s")),
@@ -832,7 +842,7 @@ class Bench:
     def summary(self) -> dict:
         out = {}
         for body in BODIES:
-            for conns in (64, 256):
+            for conns in (1, 64, 256):
                 key = f"{body}/{conns}"
                 cell = {}
                 for t in self.targets:
@@ -859,13 +869,18 @@ class Bench:
                             "mib_s_vs_direct": rnd(self.ratio(t, "direct", body, conns, "body_mib_s")),
                             "p99_vs_direct": rnd(self.ratio(t, "direct", body, conns, "p99_ms")),
                         })
+                        if conns == 1:
+                            # One request at a time: what the proxy adds to each one's wait.
+                            added = self.diff(t, "direct", body, conns, "p50_ms")
+                            c["p50_added_us"] = None if added is None else rnd(added * 1000, 0)
                     cell[t] = c
                 # ssqd/squid (the targets), then, for information, ssqd/nginx-proxy and
                 # nginx-proxy/squid: where a mature C proxy lands on this machine.
                 for (a, b), k in RATIO_KEYS.items():
                     if a in cell and b in cell:
                         cell[k] = self.ratios(a, b, body, conns)
-                out[key] = cell
+                if cell:
+                    out[key] = cell
         return out
 
 
@@ -939,6 +954,22 @@ def reference_info(s: dict) -> list[dict]:
                  "value": ns["cpu_per_req"], "unit": "x"},
                 {"what": "nginx-proxy req/s / Squid's (1 KiB, 64 conns; ssqd's target: >= 3)",
                  "value": ns["req_s"], "unit": "x"}]
+    # One request at a time: each request pays for its own wake-ups (no batching), which
+    # is where the issue's "Squid ≈ 225–295 µs per 1 KiB request" is reproduced here.
+    one = s.get("1k/1", {})
+    for t in ("ssqd", "squid", "nginx-proxy"):
+        c = one.get(t)
+        if c:
+            out.append({"what": f"{t} CPU/request, 1 KiB over one connection", "value": c["cpu_us_per_req"],
+                        "unit": "us"})
+            out.append({"what": f"{t} p50 added to a request, 1 KiB over one connection",
+                        "value": c.get("p50_added_us"), "unit": "us"})
+    for k, what in (("ssqd_vs_squid", "ssqd/Squid"), ("ssqd_vs_nginx_proxy", "ssqd/nginx-proxy"),
+                    ("nginx_proxy_vs_squid", "nginx-proxy/Squid")):
+        v = one.get(k)
+        if v:
+            out.append({"what": f"{what} CPU/request, 1 KiB over one connection", "value": v["cpu_per_req"],
+                        "unit": "x"})
     return out
 
 
@@ -1007,6 +1038,8 @@ def main() -> int:
                     help="longest wait for other work to end before a repeat, seconds (default 300)")
     ap.add_argument("--nginx-workers", default="1", help="nginx worker_processes (default 1; 'auto' = one per CPU)")
     ap.add_argument("--no-big", action="store_true", help="skip item 3 (the 100,000-domain policy)")
+    ap.add_argument("--no-one-conn", dest="one_conn", action="store_false",
+                    help="skip the information cell 1 KiB over one connection")
     ap.add_argument("--no-nginx-proxy", action="store_true",
                     help="skip the reference target nginx-proxy (nginx as a reverse proxy to the origin)")
     ap.add_argument("--settle", type=float, default=75,
@@ -1147,7 +1180,7 @@ def main() -> int:
         log(f"warm-up: {args.warmup} s per target and body at 256 conns")
         bench.warm_up()
         report["rss_after_warmup_idle_mib"] = {k: rnd(rss_bytes(p) / 2**20, 2) for k, p in pids.items()}
-        n_runs = args.rounds * 4 * len(bench.targets)
+        n_runs = args.rounds * (5 if args.one_conn else 4) * len(bench.targets)
         log(f"measuring: {n_runs} runs of {args.duration} s (~{n_runs * (args.duration + 0.6) / 60:.1f} min)")
         bench.measure()
         report["summary"] = s = bench.summary()
