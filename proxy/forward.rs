@@ -52,7 +52,8 @@ pub struct Proxy {
 }
 
 /// Hop-by-hop headers never forwarded (RFC 9110 7.6.1, plus the proxy ones).
-const HOP: [HeaderName; 9] = [
+const HOPS: usize = 9;
+const HOP: [HeaderName; HOPS] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -64,9 +65,39 @@ const HOP: [HeaderName; 9] = [
     header::PROXY_AUTHENTICATE,
 ];
 
+/// Where `name` is in `HOP`, if it is a hop-by-hop header.
+fn hop_index(name: &HeaderName) -> Option<usize> {
+    // By length and text: no hashing, no comparison with each of the nine.
+    Some(match name.as_str() {
+        "connection" => 0,
+        "proxy-connection" => 1,
+        "keep-alive" => 2,
+        "te" => 3,
+        "trailer" => 4,
+        "transfer-encoding" => 5,
+        "upgrade" => 6,
+        "proxy-authorization" => 7,
+        "proxy-authenticate" => 8,
+        _ => return None,
+    })
+}
+
 /// Remove hop-by-hop headers, including those named in Connection (every Connection
 /// header counts: a second one may name what the first does not).
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // One look at the names first: most heads carry none of them or only Connection,
+    // and each removal is a hashed lookup.
+    let mut present = [false; HOPS];
+    let mut any = false;
+    for name in h.keys() {
+        if let Some(i) = hop_index(name) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
+        return;
+    }
     let mut connection = h.get_all(header::CONNECTION).iter();
     match (connection.next(), connection.next()) {
         (None, _) => {}
@@ -82,7 +113,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             }
         }
     }
-    for n in HOP.iter() {
+    for (n, _) in HOP.iter().zip(present).filter(|&(_, p)| p) {
         h.remove(n);
     }
 }
@@ -967,7 +998,16 @@ fn without_userinfo(uri: &Uri) -> String {
                 uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
             )
         }
-        _ => uri.to_string(),
+        _ => {
+            // Sized first: written piece by piece, the string would grow twice.
+            let len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+                + uri.authority().map_or(0, |a| a.as_str().len())
+                + uri.path().len()
+                + uri.query().map_or(0, |q| q.len() + 1);
+            let mut url = String::with_capacity(len);
+            let _ = std::fmt::Write::write_fmt(&mut url, format_args!("{uri}"));
+            url
+        }
     }
 }
 
@@ -1075,6 +1115,34 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_is_known_by_its_text() {
+        for (i, n) in HOP.iter().enumerate() {
+            assert_eq!(hop_index(n), Some(i), "{n}");
+        }
+        for other in ["host", "via", "x-connection", "connectio", "tes"] {
+            assert_eq!(hop_index(&HeaderName::from_static(other)), None, "{other}");
+        }
+        // Only hop-by-hop headers go, each of them, whatever else is there.
+        let mut h = HeaderMap::new();
+        for n in HOP.iter() {
+            h.append(n.clone(), HeaderValue::from_static("x"));
+        }
+        h.append(header::HOST, HeaderValue::from_static("a"));
+        h.append("x-kept", HeaderValue::from_static("b"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-kept"]);
+        // None at all: untouched.
+        let mut h = HeaderMap::new();
+        h.append(header::HOST, HeaderValue::from_static("a"));
+        h.append(header::VIA, HeaderValue::from_static("1.1 b"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]

@@ -85,11 +85,6 @@ pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<ReqHead>, HeadErro
     };
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
         .map_err(|_| HeadError::Malformed("invalid method"))?;
-    let uri: Uri = req
-        .path
-        .unwrap_or("")
-        .parse()
-        .map_err(|_| HeadError::Malformed("invalid request target"))?;
     let version = match req.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
@@ -102,6 +97,8 @@ pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<ReqHead>, HeadErro
         let from = part.as_ptr() as usize - base;
         (from, from + part.len())
     };
+    // (A whole head always has a target; none would be refused as empty.)
+    let target = req.path.map_or((0, 0), |p| at(p.as_bytes()));
     let mut spans = [((0usize, 0usize), (0usize, 0usize)); MAX_HEADERS];
     let count = req.headers.len();
     for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
@@ -109,6 +106,9 @@ pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<ReqHead>, HeadErro
         *span = (at(h.name.as_bytes()), at(h.value));
     }
     let bytes = buf.split_to(len).freeze();
+    // A slice of the head too: parsed where it is, not copied.
+    let uri = Uri::from_maybe_shared(bytes.slice(target.0..target.1))
+        .map_err(|_| HeadError::Malformed("invalid request target"))?;
     let mut headers = crate::headerpool::take(count);
     for &((nf, nt), (vf, vt)) in spans.iter().take(count) {
         let name = HeaderName::from_bytes(&bytes[nf..nt])
