@@ -272,6 +272,31 @@ mod tests {
     }
 
     #[test]
+    fn the_target_is_read_from_the_head_whatever_its_form() {
+        let h = ok("GET http://a.example:8080/p/q?x=1&y HTTP/1.1\r\n\r\n");
+        assert_eq!(h.uri, "http://a.example:8080/p/q?x=1&y");
+        assert_eq!(h.uri.port_u16(), Some(8080));
+        assert_eq!(h.uri.query(), Some("x=1&y"));
+        let h = ok("CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n");
+        assert_eq!(h.uri.authority().map(|a| a.as_str()), Some("a.example:443"));
+        assert_eq!(
+            ok("GET /origin/form HTTP/1.1\r\n\r\n").uri.path(),
+            "/origin/form"
+        );
+        // A target httparse takes but no URI is: 400, and nothing taken for a request.
+        for bad in [
+            "GET http://[::1/ HTTP/1.1\r\n\r\n",
+            "GET http://a:b:c/ HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(
+                head(bad).err(),
+                Some(HeadError::Malformed("invalid request target")),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn incomplete_heads_wait_and_big_ones_are_refused() {
         assert!(matches!(
             head("GET http://a/ HTTP/1.1\r\nHost: a\r\n"),
