@@ -167,16 +167,23 @@ pub async fn serve(
         let mut head = Vec::with_capacity(512);
         // A CONNECT's 200 says nothing of the connection: the tunnel follows.
         let (say_keep, say_10) = (keep || connect_ok, http10 && !connect_ok);
+        // An upstream's answer carries its head as it came; a page of ours, a map.
+        let raw = match body.parts_mut().0 {
+            Either::Right(up) => up.take_head(),
+            Either::Left(_) => None,
+        };
         resphead::write(
             &mut head,
             parts.status,
             &parts.headers,
+            raw.as_ref(),
             out,
             say_keep,
             say_10,
         );
-        // Its fields are written: the map goes back for a later head.
-        crate::headerpool::give(std::mem::take(&mut parts.headers));
+        // Its fields are written: the head's bytes (a slice of the upstream
+        // connection's buffer) are let go before that buffer is read into again.
+        drop(raw);
         if connect_ok {
             let job = parts.extensions.remove::<TunnelTo>().and_then(|t| t.take());
             if send(&mut wr, &[&head], limits.idle_timeout).await.is_err() {

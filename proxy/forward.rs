@@ -27,10 +27,11 @@ use crate::connlimit::Permit;
 use crate::dnscache::DnsCache;
 use crate::node::Node;
 use crate::pages;
+use crate::rawhead::RawHead;
 use crate::throttle::Throttle;
 use crate::tracked::{CountIo, Counted, ProxyBody, RecordGuard, Tracked};
 use crate::upbody::UpBody;
-use crate::upstream::{connect_first, Head, Outgoing, Prepared, UpError, Upstream, MAX_ADDRS};
+use crate::upstream::{connect_first, Outgoing, Prepared, UpError, Upstream, MAX_ADDRS};
 use tokio::net::TcpStream;
 
 /// The proxy of one node.
@@ -65,19 +66,19 @@ const HOP: [HeaderName; HOPS] = [
     header::PROXY_AUTHENTICATE,
 ];
 
-/// Where `name` is in `HOP`, if it is a hop-by-hop header.
-fn hop_index(name: &HeaderName) -> Option<usize> {
+/// Where the field `name` (lowercase) is in `HOP`, if it is a hop-by-hop header.
+pub fn hop_index(name: &[u8]) -> Option<usize> {
     // By length and text: no hashing, no comparison with each of the nine.
-    Some(match name.as_str() {
-        "connection" => 0,
-        "proxy-connection" => 1,
-        "keep-alive" => 2,
-        "te" => 3,
-        "trailer" => 4,
-        "transfer-encoding" => 5,
-        "upgrade" => 6,
-        "proxy-authorization" => 7,
-        "proxy-authenticate" => 8,
+    Some(match name {
+        b"connection" => 0,
+        b"proxy-connection" => 1,
+        b"keep-alive" => 2,
+        b"te" => 3,
+        b"trailer" => 4,
+        b"transfer-encoding" => 5,
+        b"upgrade" => 6,
+        b"proxy-authorization" => 7,
+        b"proxy-authenticate" => 8,
         _ => return None,
     })
 }
@@ -90,7 +91,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     let mut present = [false; HOPS];
     let mut any = false;
     for name in h.keys() {
-        if let Some(i) = hop_index(name) {
+        if let Some(i) = hop_index(name.as_str().as_bytes()) {
             present[i] = true;
             any = true;
         }
@@ -623,7 +624,7 @@ impl Proxy {
     /// page that says why there is none.
     fn answer(
         &self,
-        sent: Result<(Head, UpBody), UpError>,
+        sent: Result<(RawHead, UpBody), UpError>,
         used: Option<SocketAddr>,
         targets: &Targets,
         host: &str,
@@ -718,20 +719,18 @@ impl Proxy {
                 );
             }));
         }
-        let mut resp = Response::new(());
-        *resp.status_mut() = head.status;
-        *resp.headers_mut() = head.headers;
-        let (mut parts, ()) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        parts.headers.append(header::VIA, self.via.clone());
-        guard.rec.status = parts.status.as_u16();
-        guard.rec.content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        // The head goes to the client as it came, less its hop-by-hop fields, with our
+        // Via (see `rawhead`): the response's own header map stays empty.
+        let mut head = head;
+        head.via = Some(self.via.clone());
+        let status = head.status;
+        guard.rec.status = status.as_u16();
+        guard.rec.content_type = head.content_type().map(str::to_string);
         let down = guard.down.clone();
-        Response::from_parts(parts, Tracked::new(Either::Right(body), down, Some(guard)))
+        let body = Tracked::new(Either::Right(body.with_head(head)), down, Some(guard));
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        resp
     }
 
     /// The page for a CONNECT whose target could not be reached.
@@ -1120,10 +1119,10 @@ mod tests {
     #[test]
     fn every_hop_by_hop_name_is_known_by_its_text() {
         for (i, n) in HOP.iter().enumerate() {
-            assert_eq!(hop_index(n), Some(i), "{n}");
+            assert_eq!(hop_index(n.as_str().as_bytes()), Some(i), "{n}");
         }
         for other in ["host", "via", "x-connection", "connectio", "tes"] {
-            assert_eq!(hop_index(&HeaderName::from_static(other)), None, "{other}");
+            assert_eq!(hop_index(other.as_bytes()), None, "{other}");
         }
         // Only hop-by-hop headers go, each of them, whatever else is there.
         let mut h = HeaderMap::new();

@@ -1,8 +1,9 @@
-//! Spare header maps, kept per thread for the next head. A response head of eight
-//! fields makes a map of twelve buckets (over a KiB): taken from the allocator for
-//! every request, that is an allocation big enough to make glibc sweep its small free
-//! lists each time. A map handed back here is cleared (its values dropped, its room
-//! kept) and given to the next head parsed on the same thread.
+//! Spare header maps, kept per thread for the next request head (response heads are
+//! not made into maps: see `rawhead`). A head of eight fields makes a map of twelve
+//! buckets (over a KiB): taken from the allocator for every request, that is an
+//! allocation big enough to make glibc sweep its small free lists each time. A map
+//! handed back here is cleared (its values dropped, its room kept) and given to the
+//! next head parsed on the same thread.
 
 use std::cell::RefCell;
 

@@ -19,6 +19,7 @@ mod memory;
 mod node;
 mod pages;
 mod portal;
+mod rawhead;
 mod reports;
 mod reports_page;
 mod reqbody;

@@ -10,6 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, StatusCode};
 
+use crate::rawhead::{Kind, RawHead};
+
 /// How the body after a head is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Out {
@@ -48,12 +50,14 @@ pub fn framing(
     }
 }
 
-/// Append the head of a response to `out`. `keep_alive`: the connection stays open
+/// Append the head of a response to `out`: `headers` (a page of the proxy's own), or
+/// the fields of an upstream's head `raw`. `keep_alive`: the connection stays open
 /// after it; `http10`: the client speaks HTTP/1.0 (it is told `keep-alive` then).
 pub fn write(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
+    raw: Option<&RawHead>,
     framing: Out,
     keep_alive: bool,
     http10: bool,
@@ -77,6 +81,9 @@ pub fn write(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    if let Some(raw) = raw {
+        raw.write_fields(out, keep_length);
+    }
     match framing {
         Out::Length(n) => {
             let _ = write!(out, "content-length: {n}\r\n");
@@ -89,7 +96,7 @@ pub fn write(
     } else if http10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
-    if !headers.contains_key(DATE) {
+    if !headers.contains_key(DATE) && !raw.is_some_and(|r| r.has(Kind::Date)) {
         out.extend_from_slice(b"date: ");
         with_date(|d| out.extend_from_slice(d));
         out.extend_from_slice(b"\r\n");
@@ -135,7 +142,7 @@ mod tests {
     fn text(status: u16, h: &HeaderMap, f: Out, keep: bool, http10: bool) -> String {
         let mut out = Vec::new();
         let status = StatusCode::from_u16(status).expect("status");
-        write(&mut out, status, h, f, keep, http10);
+        write(&mut out, status, h, None, f, keep, http10);
         String::from_utf8(out).expect("utf-8")
     }
 

@@ -20,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::chunked::Decoder;
+use crate::rawhead::RawHead;
 use crate::stall::Stall;
 use crate::upload::Upload;
 use crate::upstream::{Conn, UpError};
@@ -63,8 +64,10 @@ enum State {
     Done,
 }
 
-/// The body of one upstream response.
+/// The body of one upstream response, with its head until the client side takes it.
 pub struct UpBody {
+    /// The response's head, to be written to the client.
+    head: Option<RawHead>,
     /// The connection, until the body is done.
     conn: Option<Conn>,
     /// Read but not yet handed on.
@@ -95,6 +98,7 @@ impl UpBody {
             Framing::Eof => (State::Eof, false),
         };
         let mut body = UpBody {
+            head: None,
             conn: Some(conn),
             buf,
             state,
@@ -108,6 +112,17 @@ impl UpBody {
             body.finish();
         }
         body
+    }
+
+    /// Carry `head`, the response's head, to the client side.
+    pub fn with_head(mut self, head: RawHead) -> UpBody {
+        self.head = Some(head);
+        self
+    }
+
+    /// The response's head, once (the client side writes it before the body).
+    pub fn take_head(&mut self) -> Option<RawHead> {
+        self.head.take()
     }
 
     /// Fail the body when the upstream sends nothing for `limit`.

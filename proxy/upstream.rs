@@ -17,12 +17,13 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::HeaderMap;
 use http::{Method, StatusCode, Version};
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::rawhead::{Kind, RawHead};
 use crate::upbody::{Framing, UpBody};
 use crate::upload::Upload;
 
@@ -32,8 +33,6 @@ const MAX_IDLE_PER_ADDR: usize = 256;
 const IDLE_FOR: Duration = Duration::from_secs(30);
 /// A response head larger than this is refused (502).
 const MAX_HEAD: usize = 64 * 1024;
-/// Headers in a response head, at most.
-const MAX_HEADERS: usize = 128;
 /// How long an origin that broke off a request body is given to send its answer.
 const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
 /// The first read of a response: most heads, and small bodies with them, fit.
@@ -71,16 +70,6 @@ pub enum UpError {
     /// The response is not valid HTTP/1.x.
     #[error("invalid response: {0}")]
     Invalid(String),
-}
-
-/// A response head from upstream.
-pub struct Head {
-    /// Its status.
-    pub status: StatusCode,
-    /// Its version (HTTP/1.0 or 1.1).
-    pub version: Version,
-    /// Its headers, as sent.
-    pub headers: HeaderMap,
 }
 
 /// The request to send: head fields already rewritten by the proxy.
@@ -279,7 +268,7 @@ impl Upstream {
         connect_timeout: Duration,
         idle: Duration,
         used: &mut Option<SocketAddr>,
-    ) -> Result<(Head, UpBody), UpError>
+    ) -> Result<(RawHead, UpBody), UpError>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
@@ -362,7 +351,7 @@ async fn early_answer(
 
 /// What [`upload_and_answer`] gives: the answer's head, the bytes read past it, its
 /// framing, and the rest of the upload when the answer came before all of it.
-type Answered = (Head, BytesMut, Framing, Option<Upload>);
+type Answered = (RawHead, BytesMut, Framing, Option<Upload>);
 
 /// Send the request body while waiting for the answer's head: whichever comes first,
 /// the other goes on. An answer that comes first (an origin that answers early, or
@@ -538,13 +527,13 @@ async fn read_head<R: AsyncRead + Unpin>(
     stream: &mut R,
     mut buf: BytesMut,
     head_req: bool,
-) -> Result<(Head, BytesMut, Framing), UpError> {
+) -> Result<(RawHead, BytesMut, Framing), UpError> {
     buf.clear();
     // Once any byte of a response came, a failure is not a stale connection: the
     // request reached the origin.
     let mut got_any = false;
     loop {
-        if let Some(mut head) = parse_head(&mut buf)? {
+        if let Some(head) = parse_head(&mut buf)? {
             if head.status.is_informational() {
                 if head.status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(UpError::Invalid(
@@ -553,12 +542,9 @@ async fn read_head<R: AsyncRead + Unpin>(
                 }
                 continue;
             }
+            // (A Content-Length beside Transfer-Encoding is read past, RFC 9112 6.3:
+            // the body is read as chunked, and the length never reaches the client.)
             let framing = framing(&head, head_req)?;
-            // Content-Length beside Transfer-Encoding is dropped (RFC 9112 6.3): the
-            // body is read as chunked, and the client must not frame it by the length.
-            if head.headers.contains_key(http::header::TRANSFER_ENCODING) {
-                head.headers.remove(http::header::CONTENT_LENGTH);
-            }
             return Ok((head, buf, framing));
         }
         if buf.len() >= MAX_HEAD {
@@ -587,89 +573,30 @@ async fn read_head<R: AsyncRead + Unpin>(
 }
 
 /// The complete head at the start of `buf`, taken off it (None when more is
-/// needed). Parsed once; its header values are slices of the head's bytes, not copies.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, UpError> {
-    if buf.is_empty() {
-        return Ok(None);
-    }
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(UpError::Invalid(e.to_string())),
-    };
-    let status = resp
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or_else(|| UpError::Invalid("bad status code".into()))?;
-    let version = if resp.version == Some(0) {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    // Where each field's name and value are in `buf` (a read buffer: u32 holds any
-    // offset in it): slices of the head's bytes once it is off the buffer.
-    let base = buf.as_ptr() as usize;
-    let at = |part: &[u8]| {
-        let from = part.as_ptr() as usize - base;
-        (from as u32, (from + part.len()) as u32)
-    };
-    let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
-    let count = resp.headers.len();
-    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-        *span = (at(h.name.as_bytes()), at(h.value));
-    }
-    let bytes = buf.split_to(len).freeze();
-    let mut headers = crate::headerpool::take(count);
-    for &((nf, nt), (vf, vt)) in spans.iter().take(count) {
-        let (nf, nt, vf, vt) = (nf as usize, nt as usize, vf as usize, vt as usize);
-        let name = HeaderName::from_bytes(&bytes[nf..nt]).map_err(|_| {
-            UpError::Invalid(format!(
-                "bad header name {:?}",
-                String::from_utf8_lossy(&bytes[nf..nt])
-            ))
-        })?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(vf..vt))
-            .map_err(|_| UpError::Invalid(format!("bad value for header {name}")))?;
-        headers.append(name, value);
-    }
-    Ok(Some(Head {
-        status,
-        version,
-        headers,
-    }))
-}
-
-/// The comma-separated tokens of every `name` header, trimmed, empty ones skipped
-/// (values that are not text are skipped whole).
-fn tokens<'a>(h: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
-    h.get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+/// needed), as its bytes: see `rawhead`.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<RawHead>, UpError> {
+    RawHead::parse(buf).map_err(|e| UpError::Invalid(e.to_string()))
 }
 
 /// How the response body is delimited (RFC 9112 6.3), and whether the connection can
 /// carry another request afterwards.
-fn framing(head: &Head, head_req: bool) -> Result<Framing, UpError> {
-    let h = &head.headers;
-    let connection = http::header::CONNECTION;
+fn framing(head: &RawHead, head_req: bool) -> Result<Framing, UpError> {
     let mut keep = if head.version == Version::HTTP_10 {
-        tokens(h, &connection).any(|t| t.eq_ignore_ascii_case("keep-alive"))
+        head.tokens(Kind::Connection)
+            .any(|t| t.eq_ignore_ascii_case("keep-alive"))
     } else {
-        !tokens(h, &connection).any(|t| t.eq_ignore_ascii_case("close"))
+        !head
+            .tokens(Kind::Connection)
+            .any(|t| t.eq_ignore_ascii_case("close"))
     };
     let status = head.status.as_u16();
     if head_req || status == 204 || status == 304 {
         return Ok(Framing::Length(0, keep));
     }
-    if let Some(last) = tokens(h, &http::header::TRANSFER_ENCODING).last() {
+    if let Some(last) = head.tokens(Kind::TransferEncoding).last() {
         // With Content-Length as well, the response is suspect: read it as chunked and
         // do not reuse the connection.
-        if h.contains_key(http::header::CONTENT_LENGTH) {
+        if head.has(Kind::ContentLength) {
             keep = false;
         }
         return Ok(if last.eq_ignore_ascii_case("chunked") {
@@ -679,8 +606,8 @@ fn framing(head: &Head, head_req: bool) -> Result<Framing, UpError> {
         });
     }
     let mut length: Option<u64> = None;
-    for v in h.get_all(http::header::CONTENT_LENGTH) {
-        for part in v.to_str().unwrap_or("x").split(',') {
+    for v in head.values(Kind::ContentLength) {
+        for part in std::str::from_utf8(v).unwrap_or("x").split(',') {
             let part = part.trim();
             let n = if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
                 part.parse::<u64>().ok()
@@ -703,8 +630,9 @@ fn framing(head: &Head, head_req: bool) -> Result<Framing, UpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
-    fn head(text: &str) -> Head {
+    fn head(text: &str) -> RawHead {
         let mut buf = BytesMut::from(text);
         match parse_head(&mut buf) {
             Ok(Some(h)) => {
@@ -726,31 +654,12 @@ mod tests {
             _ => panic!("a whole head"),
         };
         assert_eq!(&buf[..], b"BODY");
-        let all: Vec<(String, String)> = h
-            .headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
-            .collect();
-        let want = [
-            ("set-cookie", "a=1"),
-            ("set-cookie", "c=3"),
-            ("x-b", "two"),
-            ("server", "s"),
-        ];
-        assert_eq!(all.len(), want.len());
-        for (n, v) in want {
-            assert!(
-                all.contains(&(n.to_string(), v.to_string())),
-                "{n}: {v} in {all:?}"
-            );
-        }
-        let cookies: Vec<&[u8]> = h
-            .headers
-            .get_all("set-cookie")
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
-        assert_eq!(cookies, [&b"a=1"[..], b"c=3"]);
+        let mut out = Vec::new();
+        h.write_fields(&mut out, false);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "Set-Cookie: a=1\r\nX-B: two\r\nSet-Cookie: c=3\r\nServer: s\r\n"
+        );
     }
 
     #[test]
