@@ -119,7 +119,7 @@ impl Prepared {
 type Idle = (TcpStream, BytesMut, Instant);
 
 /// Idle connections by origin address.
-type IdleMap = HashMap<SocketAddr, Vec<Idle>>;
+type IdleMap = HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>;
 
 /// The pool of kept-alive upstream connections.
 pub struct Upstream {
@@ -153,7 +153,7 @@ impl Upstream {
     /// frees their sockets) even when no request comes. Needs a Tokio runtime.
     pub fn new() -> Arc<Upstream> {
         let pool = Arc::new(Upstream {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::default()),
         });
         let weak: Weak<Upstream> = Arc::downgrade(&pool);
         tokio::spawn(async move {

@@ -5,6 +5,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+/// Masked networks → values, hashed by foldhash (looked up for every request).
+type NetMap<T> = HashMap<u128, T, foldhash::fast::RandomState>;
+
 /// An IPv4 or IPv6 network, stored masked (`10.1.2.3/8` is kept as `10.0.0.0/8`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
@@ -88,9 +91,9 @@ impl Cidr {
 #[derive(Debug, Clone)]
 pub struct CidrIndex<T> {
     /// IPv4 networks: (prefix length, masked network → value), longest prefix first.
-    v4: Vec<(u8, HashMap<u128, T>)>,
+    v4: Vec<(u8, NetMap<T>)>,
     /// IPv6 networks, likewise.
-    v6: Vec<(u8, HashMap<u128, T>)>,
+    v6: Vec<(u8, NetMap<T>)>,
 }
 
 impl<T> Default for CidrIndex<T> {
@@ -109,11 +112,11 @@ impl<T: Default> CidrIndex<T> {
         let pos = match table.iter().position(|(l, _)| *l <= net.len) {
             Some(p) if table[p].0 == net.len => p,
             Some(p) => {
-                table.insert(p, (net.len, HashMap::new()));
+                table.insert(p, (net.len, NetMap::default()));
                 p
             }
             None => {
-                table.push((net.len, HashMap::new()));
+                table.push((net.len, NetMap::default()));
                 table.len() - 1
             }
         };
