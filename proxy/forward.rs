@@ -998,13 +998,27 @@ fn without_userinfo(uri: &Uri) -> String {
             )
         }
         _ => {
-            // Sized first: written piece by piece, the string would grow twice.
-            let len = uri.scheme_str().map_or(0, |s| s.len() + 3)
-                + uri.authority().map_or(0, |a| a.as_str().len())
-                + uri.path().len()
-                + uri.query().map_or(0, |q| q.len() + 1);
+            // What `Uri`'s Display writes, put together without the formatting
+            // machinery, in a string sized first.
+            let (scheme, authority) = (uri.scheme_str(), uri.authority());
+            let (path, query) = (uri.path(), uri.query());
+            let len = scheme.map_or(0, |s| s.len() + 3)
+                + authority.map_or(0, |a| a.as_str().len())
+                + path.len()
+                + query.map_or(0, |q| q.len() + 1);
             let mut url = String::with_capacity(len);
-            let _ = std::fmt::Write::write_fmt(&mut url, format_args!("{uri}"));
+            if let Some(s) = scheme {
+                url.push_str(s);
+                url.push_str("://");
+            }
+            if let Some(a) = authority {
+                url.push_str(a.as_str());
+            }
+            url.push_str(path);
+            if let Some(q) = query {
+                url.push('?');
+                url.push_str(q);
+            }
             url
         }
     }
@@ -1032,8 +1046,11 @@ fn canonical_host(raw: &str) -> Option<String> {
         return None;
     }
     // (IPv6 hex digits parse in either case.)
-    if let Ok(ip) = h.parse::<IpAddr>() {
-        return Some(ip_text(ip.to_canonical()));
+    match h.parse::<IpAddr>() {
+        // An IPv4 address parses only in its one spelling (no leading zeros).
+        Ok(IpAddr::V4(_)) => return Some(h.to_string()),
+        Ok(ip) => return Some(ip_text(ip.to_canonical())),
+        Err(_) => {}
     }
     let h = h.to_ascii_lowercase();
     let last = h.rsplit('.').next().unwrap_or("");
@@ -1185,6 +1202,26 @@ mod tests {
         }
         assert_eq!(canonical_host("[::FFFF:10.0.0.1]"), Some("10.0.0.1".into()));
         assert_eq!(canonical_host("Host.Example."), Some("host.example".into()));
+        // An IPv4 address is kept as it came: it parses only in its one spelling.
+        assert_eq!(canonical_host("10.0.0.1."), Some("10.0.0.1".into()));
+        assert_eq!(canonical_host("010.0.0.1"), None);
+    }
+
+    #[test]
+    fn the_recorded_url_is_the_targets_text_without_userinfo() {
+        for (target, url) in [
+            ("http://h:8/a?b=1", "http://h:8/a?b=1"),
+            ("http://h", "http://h/"),
+            ("http://h?q", "http://h/?q"),
+            ("http://u:p@h:8/a?b", "http://h:8/a?b"),
+            ("http://[::1]:81/x", "http://[::1]:81/x"),
+        ] {
+            let u: Uri = target.parse().unwrap();
+            assert_eq!(without_userinfo(&u), url, "{target}");
+            if !target.contains('@') {
+                assert_eq!(without_userinfo(&u), u.to_string(), "as Uri writes it");
+            }
+        }
     }
 
     #[test]

@@ -75,6 +75,23 @@ fn push_field(out: &mut String, s: &str) {
     }));
 }
 
+/// Append `n` in decimal, right-aligned in `width` columns (at most 20) filled with
+/// `fill`.
+fn push_num(out: &mut String, mut n: u64, width: usize, fill: u8) {
+    let mut buf = [fill; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let from = at.min(buf.len().saturating_sub(width));
+    out.push_str(std::str::from_utf8(&buf[from..]).unwrap_or("?"));
+}
+
 impl AccessRecord {
     /// The record's line in Squid's native access.log format (newline included).
     pub fn squid_line(&self) -> String {
@@ -85,7 +102,6 @@ impl AccessRecord {
 
     /// Append the record's access.log line to `out` (the writer reuses one buffer).
     pub fn push_squid_line(&self, out: &mut String) {
-        use std::fmt::Write;
         let result = if self.action == "blocked" {
             "TCP_DENIED"
         } else if self.method == "CONNECT" {
@@ -93,16 +109,22 @@ impl AccessRecord {
         } else {
             "TCP_MISS"
         };
-        // Writing to a String cannot fail.
-        let _ = write!(
-            out,
-            "{}.{:03} {:>6} ",
-            self.time_ms / 1000,
-            self.time_ms % 1000,
-            self.duration_ms
-        );
+        // `{secs}.{ms:03} {elapsed:>6} `, without the formatting machinery (this runs
+        // for every request).
+        push_num(out, self.time_ms / 1000, 0, b' ');
+        out.push('.');
+        push_num(out, self.time_ms % 1000, 3, b'0');
+        out.push(' ');
+        push_num(out, self.duration_ms, 6, b' ');
+        out.push(' ');
         push_field(out, &self.client);
-        let _ = write!(out, " {result}/{} {} ", self.status, self.bytes_down);
+        out.push(' ');
+        out.push_str(result);
+        out.push('/');
+        push_num(out, u64::from(self.status), 0, b' ');
+        out.push(' ');
+        push_num(out, self.bytes_down, 0, b' ');
+        out.push(' ');
         push_field(out, &self.method);
         out.push(' ');
         push_field(out, &self.url);
@@ -145,6 +167,33 @@ mod tests {
         let mut out = String::new();
         push_field(&mut out, "");
         assert_eq!(out, "-");
+    }
+
+    #[test]
+    fn numbers_are_written_as_format_writes_them() {
+        for n in [
+            0,
+            5,
+            9,
+            10,
+            99,
+            100,
+            999,
+            1000,
+            123_456,
+            1_234_567,
+            u64::MAX,
+        ] {
+            let mut out = String::new();
+            push_num(&mut out, n, 0, b' ');
+            assert_eq!(out, format!("{n}"));
+            out.clear();
+            push_num(&mut out, n, 3, b'0');
+            assert_eq!(out, format!("{n:03}"));
+            out.clear();
+            push_num(&mut out, n, 6, b' ');
+            assert_eq!(out, format!("{n:>6}"));
+        }
     }
 
     #[test]
