@@ -99,8 +99,18 @@ pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<ReqHead>, HeadErro
     };
     // (A whole head always has a target; none would be refused as empty.)
     let target = req.path.map_or((0, 0), |p| at(p.as_bytes()));
-    let mut spans = [((0usize, 0usize), (0usize, 0usize)); MAX_HEADERS];
+    // On the stack for the usual head (a few hundred bytes to clear, not the room for
+    // the most fields a head may have).
     let count = req.headers.len();
+    let mut few = [((0usize, 0usize), (0usize, 0usize)); 16];
+    let mut many = Vec::new();
+    let spans = match few.get_mut(..count) {
+        Some(s) => s,
+        None => {
+            many.resize(count, ((0, 0), (0, 0)));
+            &mut many[..]
+        }
+    };
     for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
         fields.note(h.name.as_bytes(), h.value)?;
         *span = (at(h.name.as_bytes()), at(h.value));
@@ -110,7 +120,7 @@ pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<ReqHead>, HeadErro
     let uri = Uri::from_maybe_shared(bytes.slice(target.0..target.1))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
     let mut headers = crate::headerpool::take(count);
-    for &((nf, nt), (vf, vt)) in spans.iter().take(count) {
+    for &((nf, nt), (vf, vt)) in spans.iter() {
         let name = HeaderName::from_bytes(&bytes[nf..nt])
             .map_err(|_| HeadError::Malformed("invalid header name"))?;
         let value = match fields.length {
@@ -269,6 +279,26 @@ mod tests {
             h.headers.get("host").map(|v| v.as_bytes()),
             Some(&b"a.example"[..])
         );
+    }
+
+    #[test]
+    fn every_field_is_kept_however_many_there_are() {
+        for n in [0, 1, 15, 16, 17, 40, MAX_HEADERS] {
+            let mut text = String::from("GET http://a/ HTTP/1.1\r\n");
+            for i in 0..n {
+                text.push_str(&format!("X-F{i}: v{i}\r\n"));
+            }
+            text.push_str("\r\n");
+            let h = ok(&text);
+            assert_eq!(h.headers.len(), n, "{n} fields");
+            for i in 0..n {
+                let v = h
+                    .headers
+                    .get(format!("x-f{i}"))
+                    .map(|v| v.as_bytes().to_vec());
+                assert_eq!(v, Some(format!("v{i}").into_bytes()), "field {i} of {n}");
+            }
+        }
     }
 
     #[test]
