@@ -1,8 +1,10 @@
 //! An upstream response body, read from the upstream socket when the client side asks
 //! for the next frame: Content-Length or chunked (decoded by `chunked::Decoder`; the
-//! client side re-frames it), or delimited by the connection closing. The buffer is bounded, so a large
-//! body streams through a few tens of KiB. When the body ends cleanly on a connection
-//! that may be kept alive, the connection goes back to the pool. An upstream that stops
+//! client side re-frames it), or delimited by the connection closing. The buffer is
+//! bounded, so a large body streams through a few tens of KiB. When the body ends
+//! cleanly on a connection that may be kept alive, the connection goes back to the pool
+//! (as the body is dropped, with the response's head: its buffer is then free to be
+//! read into again, not replaced). An upstream that stops
 //! sending mid-body for longer than the stall limit fails the body (the client's
 //! connection is closed) instead of holding both connections open forever. When the
 //! answer came before the whole request body, the rest of the upload is driven from
@@ -70,6 +72,11 @@ pub struct UpBody {
     head: Option<RawHead>,
     /// The connection, until the body is done.
     conn: Option<Conn>,
+    /// The connection once the body is done, if it can be kept: it goes back to the
+    /// pool when the body is dropped, once the client side has let go of the bytes
+    /// read into its buffer, so that the next request on it reads into the same buffer
+    /// instead of a new one.
+    done: Option<Conn>,
     /// Read but not yet handed on.
     buf: BytesMut,
     /// Where in the body we are.
@@ -100,6 +107,7 @@ impl UpBody {
         let mut body = UpBody {
             head: None,
             conn: Some(conn),
+            done: None,
             buf,
             state,
             keep,
@@ -209,14 +217,15 @@ impl UpBody {
         }
     }
 
-    /// The body ended cleanly: the connection goes back to the pool if it can.
+    /// The body ended cleanly: the connection goes back to the pool, if it can, when
+    /// the body is dropped.
     fn finish(&mut self) {
         self.state = State::Done;
         if let Some(mut conn) = self.conn.take() {
             // Bytes past the end mean the upstream said more than it framed.
             if self.keep && self.buf.is_empty() {
                 conn.buf = std::mem::take(&mut self.buf);
-                conn.release();
+                self.done = Some(conn);
             }
         }
         self.buf = BytesMut::new();
@@ -284,8 +293,8 @@ impl UpBody {
                 State::Done => return Ok(None),
                 State::Framed(d) => {
                     let data = d.decode(&mut self.buf).map_err(|e| bad(&e.to_string()))?;
-                    // The client side stops asking once the length is reached: the
-                    // connection goes back to the pool now, not when the body is dropped.
+                    // The client side stops asking once the length is reached: the body
+                    // is done now (its connection kept for the pool).
                     if d.is_done() {
                         self.finish();
                         return Ok(data);
@@ -310,6 +319,14 @@ impl UpBody {
                 }
                 return Err(Pend::Err(bad("the upstream closed before the end")));
             }
+        }
+    }
+}
+
+impl Drop for UpBody {
+    fn drop(&mut self) {
+        if let Some(conn) = self.done.take() {
+            conn.release();
         }
     }
 }
