@@ -115,8 +115,18 @@ impl Prepared {
 }
 
 /// An idle connection: its socket, its read buffer (kept so the next response on it
-/// needs no new allocation), and since when it is idle.
-type Idle = (TcpStream, BytesMut, Instant);
+/// needs no new allocation), its answer timer, and since when it is idle.
+struct Idle {
+    stream: TcpStream,
+    buf: BytesMut,
+    timer: Option<AnswerTimer>,
+    since: Instant,
+}
+
+/// The timer that bounds the wait for each answer on one connection: made once, and
+/// for each request moved to its new deadline, which for a later deadline takes no
+/// lock on the timer wheel (a timer made and dropped per request takes it twice).
+type AnswerTimer = Pin<Box<tokio::time::Sleep>>;
 
 /// Idle connections by origin address.
 type IdleMap = HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>;
@@ -139,13 +149,33 @@ pub struct Conn {
     reused: bool,
     /// Where it goes back when its response is done.
     pool: Arc<Upstream>,
+    /// Bounds the wait for an answer (made at the first).
+    timer: Option<AnswerTimer>,
 }
 
 impl Conn {
     /// Back to the pool, for the next request to the same origin.
     pub fn release(self) {
-        self.pool.put(self.addr, self.stream, self.buf);
+        let kept = Idle {
+            stream: self.stream,
+            buf: self.buf,
+            timer: self.timer,
+            since: Instant::now(),
+        };
+        self.pool.put(self.addr, kept);
     }
+}
+
+/// `timer` (made if there is none) set to run out at `deadline`.
+fn answer_timer(
+    timer: &mut Option<AnswerTimer>,
+    deadline: tokio::time::Instant,
+) -> Pin<&mut tokio::time::Sleep> {
+    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+    if t.deadline() != deadline {
+        t.as_mut().reset(deadline);
+    }
+    t.as_mut()
 }
 
 impl Upstream {
@@ -177,14 +207,14 @@ impl Upstream {
 
     /// Close the connections idle for too long.
     fn sweep(&self) {
-        let stale: Vec<TcpStream> = {
+        let stale: Vec<Idle> = {
             let mut idle = self.lock();
             let mut out = Vec::new();
             idle.retain(|_, v| {
                 let (keep, drop): (Vec<_>, Vec<_>) =
-                    v.drain(..).partition(|(_, _, t)| t.elapsed() < IDLE_FOR);
+                    v.drain(..).partition(|i| i.since.elapsed() < IDLE_FOR);
                 *v = keep;
-                out.extend(drop.into_iter().map(|(s, _, _)| s));
+                out.extend(drop);
                 !v.is_empty()
             });
             if idle.is_empty() {
@@ -195,25 +225,25 @@ impl Upstream {
         drop(stale);
     }
 
-    fn put(&self, addr: SocketAddr, stream: TcpStream, mut buf: BytesMut) {
+    fn put(&self, addr: SocketAddr, mut kept: Idle) {
         // A buffer grown for a large body is not kept while idle.
-        if buf.capacity() > 2 * FIRST_READ {
-            buf = BytesMut::new();
+        if kept.buf.capacity() > 2 * FIRST_READ {
+            kept.buf = BytesMut::new();
         }
-        buf.clear();
+        kept.buf.clear();
         let mut idle = self.lock();
         let v = idle.entry(addr).or_default();
         if v.len() < MAX_IDLE_PER_ADDR {
-            v.push((stream, buf, Instant::now()));
+            v.push(kept);
         }
     }
 
     /// The most recently used idle connection to `addr` that is still usable.
-    fn take(&self, addr: SocketAddr) -> Option<(TcpStream, BytesMut)> {
+    fn take(&self, addr: SocketAddr) -> Option<Idle> {
         loop {
-            let (s, buf, since) = self.lock().get_mut(&addr)?.pop()?;
-            if since.elapsed() < IDLE_FOR && still_usable(&s) {
-                return Some((s, buf));
+            let kept = self.lock().get_mut(&addr)?.pop()?;
+            if kept.since.elapsed() < IDLE_FOR && still_usable(&kept.stream) {
+                return Some(kept);
             }
         }
     }
@@ -228,13 +258,14 @@ impl Upstream {
         timeout: Duration,
     ) -> Result<Conn, UpError> {
         if let Some(&addr) = addrs.first().filter(|_| !fresh) {
-            if let Some((stream, buf)) = self.take(addr) {
+            if let Some(kept) = self.take(addr) {
                 return Ok(Conn {
-                    stream,
-                    buf,
+                    stream: kept.stream,
+                    buf: kept.buf,
                     addr,
                     reused: true,
                     pool: self.clone(),
+                    timer: kept.timer,
                 });
             }
         }
@@ -245,6 +276,7 @@ impl Upstream {
             addr,
             reused: false,
             pool: self.clone(),
+            timer: None,
         })
     }
 
@@ -303,11 +335,14 @@ impl Upstream {
                 }
                 (Err(e), _) => Err(e),
                 (Ok(()), None) => {
-                    match tokio::time::timeout(idle, read_head(&mut conn.stream, buf, head_req))
-                        .await
-                    {
-                        Ok(r) => r.map(|(h, b, f)| (h, b, f, None)),
-                        Err(_) => Err(UpError::AnswerTimeout(idle)),
+                    let deadline = tokio::time::Instant::now() + idle;
+                    let timer = answer_timer(&mut conn.timer, deadline);
+                    tokio::select! {
+                        biased;
+                        r = read_head(&mut conn.stream, buf, head_req) => {
+                            r.map(|(h, b, f)| (h, b, f, None))
+                        }
+                        () = timer => Err(UpError::AnswerTimeout(idle)),
                     }
                 }
                 (Ok(()), Some(upload)) => {
@@ -498,6 +533,13 @@ fn request_head(req: &Outgoing<'_>, chunked: bool) -> Vec<u8> {
 /// none of it for `idle`.
 async fn write_within(stream: &mut TcpStream, data: &[u8], idle: Duration) -> Result<(), UpError> {
     let mut rest = data;
+    // Tried first without a timer (no clock read): the socket mostly takes a head whole.
+    match stream.try_write(rest) {
+        Ok(0) if !rest.is_empty() => return Err(UpError::Io(io::ErrorKind::WriteZero.into())),
+        Ok(n) => rest = &rest[n..],
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(UpError::Io(e)),
+    }
     while !rest.is_empty() {
         match tokio::time::timeout(idle, stream.write(rest)).await {
             Err(_) => return Err(UpError::UploadStalled(idle)),
