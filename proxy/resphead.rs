@@ -4,7 +4,6 @@
 //! response has none. Also the chunk framing of a body sent chunked.
 
 use std::cell::RefCell;
-use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
@@ -86,7 +85,10 @@ pub fn write(
     }
     match framing {
         Out::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            let mut buf = [0u8; 20];
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(ssq::decimal::digits(n, &mut buf));
+            out.extend_from_slice(b"\r\n");
         }
         Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Out::Empty | Out::Close => {}

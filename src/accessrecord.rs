@@ -75,21 +75,16 @@ fn push_field(out: &mut String, s: &str) {
     }));
 }
 
-/// Append `n` in decimal, right-aligned in `width` columns (at most 20) filled with
-/// `fill`.
-fn push_num(out: &mut String, mut n: u64, width: usize, fill: u8) {
-    let mut buf = [fill; 20];
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+/// Append `n` in decimal, right-aligned in `width` columns filled with `fill`.
+fn push_num(out: &mut String, n: u64, width: usize, fill: char) {
+    let mut buf = [0u8; 20];
+    let digits = crate::decimal::digits(n, &mut buf);
+    for _ in digits.len()..width {
+        out.push(fill);
     }
-    let from = at.min(buf.len().saturating_sub(width));
-    out.push_str(std::str::from_utf8(&buf[from..]).unwrap_or("?"));
+    for &d in digits {
+        out.push(char::from(d));
+    }
 }
 
 impl AccessRecord {
@@ -111,19 +106,19 @@ impl AccessRecord {
         };
         // `{secs}.{ms:03} {elapsed:>6} `, without the formatting machinery (this runs
         // for every request).
-        push_num(out, self.time_ms / 1000, 0, b' ');
+        push_num(out, self.time_ms / 1000, 0, ' ');
         out.push('.');
-        push_num(out, self.time_ms % 1000, 3, b'0');
+        push_num(out, self.time_ms % 1000, 3, '0');
         out.push(' ');
-        push_num(out, self.duration_ms, 6, b' ');
+        push_num(out, self.duration_ms, 6, ' ');
         out.push(' ');
         push_field(out, &self.client);
         out.push(' ');
         out.push_str(result);
         out.push('/');
-        push_num(out, u64::from(self.status), 0, b' ');
+        push_num(out, u64::from(self.status), 0, ' ');
         out.push(' ');
-        push_num(out, self.bytes_down, 0, b' ');
+        push_num(out, self.bytes_down, 0, ' ');
         out.push(' ');
         push_field(out, &self.method);
         out.push(' ');
@@ -185,13 +180,13 @@ mod tests {
             u64::MAX,
         ] {
             let mut out = String::new();
-            push_num(&mut out, n, 0, b' ');
+            push_num(&mut out, n, 0, ' ');
             assert_eq!(out, format!("{n}"));
             out.clear();
-            push_num(&mut out, n, 3, b'0');
+            push_num(&mut out, n, 3, '0');
             assert_eq!(out, format!("{n:03}"));
             out.clear();
-            push_num(&mut out, n, 6, b' ');
+            push_num(&mut out, n, 6, ' ');
             assert_eq!(out, format!("{n:>6}"));
         }
     }

@@ -6,6 +6,7 @@ pub mod access;
 pub mod accessrecord;
 pub mod api;
 pub mod client;
+pub mod decimal;
 pub mod extlog;
 pub mod inventory;
 pub mod keys;
