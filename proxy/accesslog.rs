@@ -103,6 +103,7 @@ impl AccessLog {
             me: log.clone(),
             out: std::io::BufWriter::with_capacity(1 << 16, file),
             line: String::with_capacity(512),
+            spare: Vec::new(),
             path,
             events,
             spooling,
@@ -168,6 +169,8 @@ struct Writer {
     out: std::io::BufWriter<std::fs::File>,
     /// One access.log line, reused.
     line: String,
+    /// The strings of the records written, for the workers (see `textpool`).
+    spare: Vec<String>,
     path: std::path::PathBuf,
     events: ExtLog,
     spooling: Option<Spooling>,
@@ -262,6 +265,8 @@ impl Writer {
                     }
                     if self.spooling.is_some() {
                         self.append(Payload::Request(Box::new(rec)));
+                    } else {
+                        crate::textpool::collect(rec, &mut self.spare);
                     }
                 }
                 Msg::Event(line) => self.append(Payload::Event { line }),
@@ -282,6 +287,8 @@ impl Writer {
                 &format!("cannot write {}: {e}", self.path.display()),
             );
         }
+        // The records' strings go back to the workers, to be filled again.
+        crate::textpool::give_back(&mut self.spare);
     }
 
     /// fsync the spool when something was written, and wake the shipper; report

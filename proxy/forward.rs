@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use crate::iptext::ip_text;
+use crate::iptext::{ip_text, push_ip};
 use crate::reqbody::ClientBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -28,6 +28,7 @@ use crate::dnscache::DnsCache;
 use crate::node::Node;
 use crate::pages;
 use crate::rawhead::RawHead;
+use crate::textpool;
 use crate::throttle::Throttle;
 use crate::tracked::{CountIo, Counted, ProxyBody, RecordGuard, Tracked};
 use crate::upbody::UpBody;
@@ -316,21 +317,22 @@ impl Proxy {
     ) -> Step {
         let start = Instant::now();
         let is_connect = req.method() == Method::CONNECT;
-        let url = if is_connect {
-            req.uri()
-                .authority()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| req.uri().to_string())
-        } else {
-            without_userinfo(req.uri())
-        };
+        // The record's text in spare strings (see `textpool`).
+        let mut url = textpool::blank();
+        match req.uri().authority() {
+            Some(a) if is_connect => url.push_str(a.as_str()),
+            None if is_connect => url.push_str(&req.uri().to_string()),
+            _ => push_url(&mut url, req.uri()),
+        }
+        let mut client_text = textpool::blank();
+        push_ip(&mut client_text, client.ip());
         let mut rec = AccessRecord {
             time_ms: now_ms(),
-            node: self.node.files.startup.node.clone(),
-            client: ip_text(client.ip()),
-            method: req.method().as_str().to_string(),
+            node: textpool::text(&self.node.files.startup.node),
+            client: client_text,
+            method: textpool::text(req.method().as_str()),
             url,
-            action: "allowed".into(),
+            action: textpool::text("allowed"),
             ..AccessRecord::default()
         };
         let Some(active) = self.node.active.get() else {
@@ -529,7 +531,9 @@ impl Proxy {
                     return self.refuse(status, title, &why, guard);
                 }
             };
-            guard.rec.peer = Some(ip_text(targets.first.ip()));
+            let mut peer = textpool::blank();
+            push_ip(&mut peer, targets.first.ip());
+            guard.rec.peer = Some(peer);
             match kind {
                 JobKind::Tunnel { hold } => {
                     let connecting =
@@ -725,7 +729,7 @@ impl Proxy {
         head.via = Some(self.via.clone());
         let status = head.status;
         guard.rec.status = status.as_u16();
-        guard.rec.content_type = head.content_type().map(str::to_string);
+        guard.rec.content_type = head.content_type().map(textpool::text);
         let down = guard.down.clone();
         let body = Tracked::new(Either::Right(body.with_head(head)), down, Some(guard));
         let mut resp = Response::new(body);
@@ -986,27 +990,27 @@ impl Proxy {
     }
 }
 
-/// The URL for the record, without any `user:password@` it carried.
-fn without_userinfo(uri: &Uri) -> String {
+/// Append the URL for the record to `url`, without any `user:password@` it carried.
+fn push_url(url: &mut String, uri: &Uri) {
     match uri.authority() {
         Some(a) if a.as_str().contains('@') => {
             let host_port = a.as_str().rsplit('@').next().unwrap_or("");
-            format!(
-                "{}://{host_port}{}",
-                uri.scheme_str().unwrap_or("http"),
-                uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
-            )
+            url.push_str(uri.scheme_str().unwrap_or("http"));
+            url.push_str("://");
+            url.push_str(host_port);
+            url.push_str(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
         }
         _ => {
             // What `Uri`'s Display writes, put together without the formatting
             // machinery, in a string sized first.
             let (scheme, authority) = (uri.scheme_str(), uri.authority());
             let (path, query) = (uri.path(), uri.query());
-            let len = scheme.map_or(0, |s| s.len() + 3)
-                + authority.map_or(0, |a| a.as_str().len())
-                + path.len()
-                + query.map_or(0, |q| q.len() + 1);
-            let mut url = String::with_capacity(len);
+            url.reserve(
+                scheme.map_or(0, |s| s.len() + 3)
+                    + authority.map_or(0, |a| a.as_str().len())
+                    + path.len()
+                    + query.map_or(0, |q| q.len() + 1),
+            );
             if let Some(s) = scheme {
                 url.push_str(s);
                 url.push_str("://");
@@ -1019,7 +1023,6 @@ fn without_userinfo(uri: &Uri) -> String {
                 url.push('?');
                 url.push_str(q);
             }
-            url
         }
     }
 }
@@ -1217,9 +1220,11 @@ mod tests {
             ("http://[::1]:81/x", "http://[::1]:81/x"),
         ] {
             let u: Uri = target.parse().unwrap();
-            assert_eq!(without_userinfo(&u), url, "{target}");
+            let mut text = String::new();
+            push_url(&mut text, &u);
+            assert_eq!(text, url, "{target}");
             if !target.contains('@') {
-                assert_eq!(without_userinfo(&u), u.to_string(), "as Uri writes it");
+                assert_eq!(text, u.to_string(), "as Uri writes it");
             }
         }
     }

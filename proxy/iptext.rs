@@ -6,10 +6,19 @@ use std::net::IpAddr;
 
 /// `ip` as `Display` writes it.
 pub fn ip_text(ip: IpAddr) -> String {
+    let mut out = String::new();
+    push_ip(&mut out, ip);
+    out
+}
+
+/// Append `ip` to `out` as `Display` writes it.
+pub fn push_ip(out: &mut String, ip: IpAddr) {
     let IpAddr::V4(v4) = ip else {
-        return ip.to_string();
+        use std::fmt::Write;
+        let _ = write!(out, "{ip}");
+        return;
     };
-    let mut out = String::with_capacity(15);
+    out.reserve(15);
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
             out.push('.');
@@ -22,7 +31,6 @@ pub fn ip_text(ip: IpAddr) -> String {
         }
         out.push(char::from(b'0' + octet % 10));
     }
-    out
 }
 
 #[cfg(test)]
@@ -40,5 +48,8 @@ mod tests {
         }
         let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
         assert_eq!(ip_text(v6), "2001:db8::1");
+        let mut out = String::from("x ");
+        push_ip(&mut out, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)));
+        assert_eq!(out, "x 10.0.0.7");
     }
 }

@@ -30,6 +30,7 @@ mod slave;
 mod splice;
 mod stall;
 mod sync_api;
+mod textpool;
 mod throttle;
 mod tracked;
 mod upbody;

@@ -1,0 +1,123 @@
+//! Spare strings for the access record's text. A record is built on a runtime worker
+//! and written, then dropped, on the access-log thread: there each of its strings (the
+//! node, the client, the method, the URL, ...) was freed into another thread's part of
+//! the allocator, and the worker allocated the next ones without a cached chunk, both
+//! on glibc's slow path. The writer hands the strings of the records it wrote back here
+//! (one lock per batch), and workers take them in handfuls (one lock per handful) and
+//! fill them in place.
+
+use std::cell::RefCell;
+use std::sync::Mutex;
+
+use ssq::accessrecord::AccessRecord;
+
+/// Strings kept for the workers, at most (a few hundred KiB).
+const KEEP: usize = 8192;
+/// Strings a worker takes at once.
+const HANDFUL: usize = 64;
+/// A string larger than this is not kept (one long URL must not hold memory for good).
+const MAX_ROOM: usize = 256;
+
+static SHARED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static LOCAL: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty string: a spare one when there is one.
+pub fn blank() -> String {
+    LOCAL.with(|local| {
+        let Ok(mut local) = local.try_borrow_mut() else {
+            return String::new();
+        };
+        if local.is_empty() {
+            if let Ok(mut shared) = SHARED.lock() {
+                let from = shared.len().saturating_sub(HANDFUL);
+                local.extend(shared.drain(from..));
+            }
+        }
+        local.pop().unwrap_or_default()
+    })
+}
+
+/// `s`, in a spare string.
+pub fn text(s: &str) -> String {
+    let mut t = blank();
+    t.push_str(s);
+    t
+}
+
+/// Keep the strings of `rec` (emptied) in `out`, for [`give_back`].
+pub fn collect(rec: AccessRecord, out: &mut Vec<String>) {
+    let AccessRecord {
+        node,
+        client,
+        user,
+        method,
+        url,
+        action,
+        rule,
+        peer,
+        content_type,
+        ..
+    } = rec;
+    let all = [node, client, method, url, action]
+        .into_iter()
+        .chain([user, rule, peer, content_type].into_iter().flatten());
+    for mut s in all {
+        if s.capacity() > 0 && s.capacity() <= MAX_ROOM {
+            s.clear();
+            out.push(s);
+        }
+    }
+}
+
+/// Hand the strings in `spare` to the workers (as many as are kept; `spare` is left
+/// empty).
+pub fn give_back(spare: &mut Vec<String>) {
+    if spare.is_empty() {
+        return;
+    }
+    if let Ok(mut shared) = SHARED.lock() {
+        let room = KEEP.saturating_sub(shared.len());
+        let n = room.min(spare.len());
+        shared.extend(spare.drain(..n));
+    }
+    // What found no room is freed here, outside the lock.
+    spare.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_go_round_emptied_and_small_ones_only() {
+        let rec = AccessRecord {
+            node: "n".into(),
+            client: "10.0.0.1".into(),
+            method: "GET".into(),
+            url: "x".repeat(MAX_ROOM + 1),
+            action: "allowed".into(),
+            peer: Some("10.0.0.2".into()),
+            ..AccessRecord::default()
+        };
+        let mut spare = Vec::new();
+        collect(rec, &mut spare);
+        // The URL is too large to keep; the empty Options give nothing.
+        assert_eq!(spare.len(), 5);
+        assert!(spare.iter().all(String::is_empty));
+        let rooms: Vec<usize> = spare.iter().map(String::capacity).collect();
+        give_back(&mut spare);
+        assert!(spare.is_empty());
+        // Another thread's pool is empty: it takes from the shared spares.
+        let got = std::thread::spawn(|| {
+            let t = text("abc");
+            (t.clone(), t.capacity())
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(got.0, "abc");
+        assert!(rooms.contains(&got.1) || got.1 >= 3, "{rooms:?} {}", got.1);
+    }
+}
