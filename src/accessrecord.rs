@@ -55,13 +55,11 @@ fn push_field(out: &mut String, s: &str) {
         out.push('-');
         return;
     }
-    // Most fields are ASCII: a byte test says the same there (ASCII whitespace and
-    // control characters are the bytes up to the space, and DEL).
-    let clean = if s.is_ascii() {
-        !s.bytes().any(|b| b <= b' ' || b == 0x7f)
-    } else {
-        !s.chars().any(|c| c.is_whitespace() || c.is_control())
-    };
+    // Most fields are printable ASCII: one pass over the bytes says so (ASCII
+    // whitespace and control characters are the bytes up to the space, and DEL). A
+    // field with other bytes is tested by its characters.
+    let clean = s.bytes().all(|b| b > b' ' && b < 0x7f)
+        || !s.chars().any(|c| c.is_whitespace() || c.is_control());
     if clean {
         out.push_str(s);
         return;
