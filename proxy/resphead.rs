@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, StatusCode};
 
-use crate::rawhead::{Kind, RawHead};
+use crate::rawhead::RawHead;
 
 /// How the body after a head is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,8 +80,11 @@ pub fn write(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    // A Date the origin sent and that went on to the client (one its Connection field
+    // names does not go).
+    let mut has_date = headers.contains_key(DATE);
     if let Some(raw) = raw {
-        raw.write_fields(out, keep_length);
+        has_date |= raw.write_fields(out, keep_length);
     }
     match framing {
         Out::Length(n) => {
@@ -98,7 +101,7 @@ pub fn write(
     } else if http10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
-    if !headers.contains_key(DATE) && !raw.is_some_and(|r| r.has(Kind::Date)) {
+    if !has_date {
         out.extend_from_slice(b"date: ");
         with_date(|d| out.extend_from_slice(d));
         out.extend_from_slice(b"\r\n");
@@ -186,6 +189,40 @@ mod tests {
         );
         let t = text(204, &h, Out::Empty, true, false);
         assert!(!t.contains("content-length"), "{t}");
+    }
+
+    #[test]
+    fn an_upstream_date_is_kept_once_and_one_that_goes_is_replaced() {
+        let raw = |text: &str| {
+            let mut buf = bytes::BytesMut::from(text);
+            match RawHead::parse(&mut buf) {
+                Ok(Some(h)) => h,
+                other => panic!("{other:?}"),
+            }
+        };
+        let write_raw = |h: &RawHead| {
+            let mut out = Vec::new();
+            write(
+                &mut out,
+                h.status,
+                &HeaderMap::new(),
+                Some(h),
+                Out::Length(0),
+                true,
+                false,
+            );
+            String::from_utf8(out).expect("utf-8")
+        };
+        let t = write_raw(&raw(
+            "HTTP/1.1 200 OK\r\nDate: Thu, 26 Nov 2026 10:00:00 GMT\r\n\r\n",
+        ));
+        assert_eq!(t.to_ascii_lowercase().matches("date: ").count(), 1, "{t}");
+        assert!(t.contains("Date: Thu, 26 Nov 2026 10:00:00 GMT\r\n"), "{t}");
+        let t = write_raw(&raw(
+            "HTTP/1.1 200 OK\r\nConnection: date\r\nDate: x\r\n\r\n",
+        ));
+        assert!(!t.contains("Date: x"), "{t}");
+        assert_eq!(t.matches("date: ").count(), 1, "ours instead: {t}");
     }
 
     #[test]
