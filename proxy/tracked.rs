@@ -96,8 +96,15 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
 }
 
 /// A counted body that carries the record's guard (a response body): the record is
-/// written when the body is done or dropped.
+/// written when the body is done or dropped. Its contents (the upstream's body state
+/// and the record: most of a kilobyte) sit behind one pointer, so that the response
+/// moves as a few words on its way from the upstream to the client's connection.
 pub struct Tracked<B> {
+    boxed: Box<TrackedParts<B>>,
+}
+
+/// What a `Tracked` holds.
+struct TrackedParts<B> {
     /// The counted body.
     inner: Counted<B>,
     /// Dropped with the body: the end of the request.
@@ -108,8 +115,10 @@ impl<B> Tracked<B> {
     /// Count into `counter`; write `guard`'s record when the body is done or dropped.
     pub fn new(inner: B, counter: Arc<AtomicU64>, guard: Option<RecordGuard>) -> Self {
         Tracked {
-            inner: Counted::new(inner, counter),
-            _guard: guard,
+            boxed: Box::new(TrackedParts {
+                inner: Counted::new(inner, counter),
+                _guard: guard,
+            }),
         }
     }
 }
@@ -117,7 +126,8 @@ impl<B> Tracked<B> {
 impl<B> Tracked<B> {
     /// The body inside, and the counter of the bytes that passed.
     pub fn parts_mut(&mut self) -> (&mut B, &Arc<AtomicU64>) {
-        (&mut self.inner.inner, &self.inner.counter)
+        let counted = &mut self.boxed.inner;
+        (&mut counted.inner, &counted.counter)
     }
 }
 
@@ -129,15 +139,15 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        Pin::new(&mut self.boxed.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.boxed.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.boxed.inner.size_hint()
     }
 }
 
@@ -191,5 +201,22 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A response is moved several times between the upstream's side and the client's
+    /// connection: its body must stay one pointer, whatever the upstream body and the
+    /// record grow to.
+    #[test]
+    fn a_response_body_moves_as_one_pointer() {
+        let word = std::mem::size_of::<usize>();
+        assert_eq!(std::mem::size_of::<crate::upbody::UpBody>(), word);
+        assert_eq!(std::mem::size_of::<ProxyBody>(), word);
+        // The head's parts (status, version, the header map, extensions) and that word.
+        assert!(std::mem::size_of::<http::Response<ProxyBody>>() <= 128);
     }
 }

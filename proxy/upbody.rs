@@ -67,7 +67,15 @@ enum State {
 }
 
 /// The body of one upstream response, with its head until the client side takes it.
+/// Its parts (most of a kilobyte with the head) are behind one pointer: the body
+/// moves as one word from the upstream's side, through the response, to the client's
+/// connection.
 pub struct UpBody {
+    b: Box<Parts>,
+}
+
+/// What an [`UpBody`] holds.
+struct Parts {
     /// The response's head, to be written to the client.
     head: Option<RawHead>,
     /// The connection, until the body is done.
@@ -105,15 +113,17 @@ impl UpBody {
             Framing::Eof => (State::Eof, false),
         };
         let mut body = UpBody {
-            head: None,
-            conn: Some(conn),
-            done: None,
-            buf,
-            state,
-            keep,
-            stall: None,
-            upload: None,
-            upload_stopped: None,
+            b: Box::new(Parts {
+                head: None,
+                conn: Some(conn),
+                done: None,
+                buf,
+                state,
+                keep,
+                stall: None,
+                upload: None,
+                upload_stopped: None,
+            }),
         };
         // A body of nothing may never be polled: the connection is free at once.
         if body.exact_left() == Some(0) {
@@ -124,18 +134,18 @@ impl UpBody {
 
     /// Carry `head`, the response's head, to the client side.
     pub fn with_head(mut self, head: RawHead) -> UpBody {
-        self.head = Some(head);
+        self.b.head = Some(head);
         self
     }
 
     /// The response's head, once (the client side writes it before the body).
     pub fn take_head(&mut self) -> Option<RawHead> {
-        self.head.take()
+        self.b.head.take()
     }
 
     /// Fail the body when the upstream sends nothing for `limit`.
     pub fn with_stall_limit(mut self, limit: Duration) -> UpBody {
-        self.stall = Some(Stall::new(limit));
+        self.b.stall = Some(Stall::new(limit));
         self
     }
 
@@ -143,34 +153,34 @@ impl UpBody {
     /// read; the connection is not kept afterwards.
     pub fn with_upload(mut self, upload: Option<Upload>) -> UpBody {
         if upload.is_some() {
-            self.keep = false;
-            self.upload = upload;
+            self.b.keep = false;
+            self.b.upload = upload;
         }
         self
     }
 
     /// Whether the rest of the request body is still being sent.
     pub fn uploading(&self) -> bool {
-        self.upload.is_some()
+        self.b.upload.is_some()
     }
 
     /// Call `hook` with the reason if the rest of the request body fails.
     pub fn on_upload_stopped(&mut self, hook: UploadStopped) {
-        self.upload_stopped = Some(hook);
+        self.b.upload_stopped = Some(hook);
     }
 
     /// The upstream socket and the bytes of the body still to come from it, when the
     /// rest may be moved socket to socket by the caller (see [`UpBody::spliced`]): a
     /// Content-Length body with nothing left in the buffer and no upload going on.
     pub fn splice_source(&self) -> Option<(&tokio::net::TcpStream, u64)> {
-        let conn = self.conn.as_ref()?;
+        let conn = self.b.conn.as_ref()?;
         let n = self.exact_left().filter(|&n| n > 0)?;
-        (self.buf.is_empty() && self.upload.is_none()).then_some((&conn.stream, n))
+        (self.b.buf.is_empty() && self.b.upload.is_none()).then_some((&conn.stream, n))
     }
 
     /// The bytes still to come, when known (a Content-Length body).
     fn exact_left(&self) -> Option<u64> {
-        match &self.state {
+        match &self.b.state {
             State::Framed(d) => d.exact_left(),
             State::Done => Some(0),
             State::Eof => None,
@@ -180,7 +190,7 @@ impl UpBody {
     /// `n` more bytes of the body were moved from the socket by the caller; at the end
     /// the connection goes back to the pool.
     pub fn spliced(&mut self, n: u64) {
-        if let State::Framed(d) = &mut self.state {
+        if let State::Framed(d) = &mut self.b.state {
             d.consumed(n);
             if d.is_done() {
                 self.finish();
@@ -190,20 +200,20 @@ impl UpBody {
 
     /// The caller's move failed: the body is over and the connection not reused.
     pub fn abandon(&mut self) {
-        self.state = State::Done;
-        self.conn = None;
+        self.b.state = State::Done;
+        self.b.conn = None;
     }
 
     /// Move the rest of the upload on, if there is one. Once it fails (the client or
     /// the origin stopped), it is dropped, and the hook told why: the answer still
     /// goes to the client.
     fn poll_upload(&mut self, cx: &mut Context<'_>) {
-        let Some(up) = self.upload.as_mut() else {
+        let Some(up) = self.b.upload.as_mut() else {
             return;
         };
         // (With the connection gone, the answer is over: what the origin did not take
         // it did not want.)
-        let done = match self.conn.as_mut() {
+        let done = match self.b.conn.as_mut() {
             Some(conn) => match up.poll(&mut conn.stream, cx) {
                 Poll::Pending => return,
                 Poll::Ready(r) => r,
@@ -211,8 +221,8 @@ impl UpBody {
             None => Ok(()),
         };
         // The answer's stall limit counts from its next wait (see `poll_fill`).
-        self.upload = None;
-        if let (Err(e), Some(hook)) = (done, self.upload_stopped.take()) {
+        self.b.upload = None;
+        if let (Err(e), Some(hook)) = (done, self.b.upload_stopped.take()) {
             hook(&e);
         }
     }
@@ -220,26 +230,26 @@ impl UpBody {
     /// The body ended cleanly: the connection goes back to the pool, if it can, when
     /// the body is dropped.
     fn finish(&mut self) {
-        self.state = State::Done;
-        if let Some(mut conn) = self.conn.take() {
+        self.b.state = State::Done;
+        if let Some(mut conn) = self.b.conn.take() {
             // Bytes past the end mean the upstream said more than it framed.
-            if self.keep && self.buf.is_empty() {
-                conn.buf = std::mem::take(&mut self.buf);
-                self.done = Some(conn);
+            if self.b.keep && self.b.buf.is_empty() {
+                conn.buf = std::mem::take(&mut self.b.buf);
+                self.b.done = Some(conn);
             }
         }
-        self.buf = BytesMut::new();
+        self.b.buf = BytesMut::new();
     }
 
     /// Read more into the buffer; Ok(0) at the upstream's end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        let UpBody {
+        let Parts {
             conn,
             buf,
             stall,
             upload,
             ..
-        } = self;
+        } = &mut *self.b;
         let Some(conn) = conn else {
             return Poll::Ready(Ok(0));
         };
@@ -289,10 +299,10 @@ impl UpBody {
     /// The next piece of data; None at the end.
     fn step(&mut self, cx: &mut Context<'_>) -> Result<Option<Bytes>, Pend> {
         loop {
-            let want = match &mut self.state {
+            let want = match &mut self.b.state {
                 State::Done => return Ok(None),
                 State::Framed(d) => {
-                    let data = d.decode(&mut self.buf).map_err(|e| bad(&e.to_string()))?;
+                    let data = d.decode(&mut self.b.buf).map_err(|e| bad(&e.to_string()))?;
                     // The client side stops asking once the length is reached: the body
                     // is done now (its connection kept for the pool).
                     if d.is_done() {
@@ -305,16 +315,16 @@ impl UpBody {
                     d.want(READ_MAX)
                 }
                 State::Eof => {
-                    if !self.buf.is_empty() {
-                        return Ok(Some(self.buf.split().freeze()));
+                    if !self.b.buf.is_empty() {
+                        return Ok(Some(self.b.buf.split().freeze()));
                     }
                     READ_MAX
                 }
             };
             if self.fill(cx, want)? == 0 {
-                if matches!(self.state, State::Eof) {
-                    self.state = State::Done;
-                    self.conn = None;
+                if matches!(self.b.state, State::Eof) {
+                    self.b.state = State::Done;
+                    self.b.conn = None;
                     return Ok(None);
                 }
                 return Err(Pend::Err(bad("the upstream closed before the end")));
@@ -325,7 +335,7 @@ impl UpBody {
 
 impl Drop for UpBody {
     fn drop(&mut self) {
-        if let Some(conn) = self.done.take() {
+        if let Some(conn) = self.b.done.take() {
             conn.release();
         }
     }
@@ -359,8 +369,8 @@ impl Body for UpBody {
             Err(Pend::Pending) => Poll::Pending,
             Err(Pend::Err(e)) => {
                 // A broken body: the connection cannot be used again.
-                this.state = State::Done;
-                this.conn = None;
+                this.b.state = State::Done;
+                this.b.conn = None;
                 Poll::Ready(Some(Err(e)))
             }
         }
