@@ -101,6 +101,8 @@ def main() -> int:
     ap.add_argument("--bin-dir", type=Path, default=pb.ROOT / "target" / "release",
                     help="where ssq and ssqd are (default target/release)")
     args = ap.parse_args()
+    # ssq runs in the node's directory: a relative --bin-dir would name nothing there.
+    args.bin_dir = args.bin_dir.resolve()
     for b in ("ssq", "ssqd"):
         if not (args.bin_dir / b).exists():
             print(f"error: {args.bin_dir / b} is missing: run `cargo build --release` first", file=sys.stderr)
