@@ -466,7 +466,8 @@ max_filedescriptors 16384
 class Ssqd:
     """One standalone ssqd node (no master:/role:), its keys, its policy."""
 
-    def __init__(self, bin_dir: Path, root: Path, name: str, ip: str, procs: Procs, timeout: float):
+    def __init__(self, bin_dir: Path, root: Path, name: str, ip: str, procs: Procs, timeout: float,
+                 workers: int = 0):
         self.ssq_bin = str(bin_dir / "ssq")
         self.ssqd_bin = str(bin_dir / "ssqd")
         self.root = root
@@ -478,6 +479,9 @@ class Ssqd:
         self.home = root / "home"
         self.env = {k: v for k, v in os.environ.items() if k not in SCRUB}
         self.env["SSQ_HOME"] = str(self.home)
+        self.env.pop("SSQD_WORKER_THREADS", None)
+        if workers:
+            self.env["SSQD_WORKER_THREADS"] = str(workers)
         self.policy_n = 0
 
     def ssq(self, args: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
@@ -979,7 +983,8 @@ def print_report(report: dict, bench: Bench | None) -> None:
           f"load avg start {m['loadavg_start']} end {m.get('loadavg_end')}")
     cfg = report.get("config", {})
     print(f"wrk -t{cfg.get('threads')} --latency, {cfg.get('duration_s')} s per run, {cfg.get('rounds')} rounds "
-          f"interleaved; nginx worker_processes {cfg.get('nginx_workers')}; medians (ratios: median of per-round ratios)")
+          f"interleaved; nginx worker_processes {cfg.get('nginx_workers')}; "
+          f"ssqd SSQD_WORKER_THREADS {cfg.get('ssqd_workers') or 'unset (one per core)'}; medians (ratios: median of per-round ratios)")
     s = report.get("summary") or {}
     hdr = (f"{'body/conns':10} {'target':11} {'req/s':>8} {'MiB/s':>7} {'p50 ms':>7} {'p99 ms':>8} "
            f"{'x direct':>8} {'MiB x dir':>9} {'cpu us/req':>10} {'rss peak MiB':>12} {'errors':>6}")
@@ -1037,6 +1042,9 @@ def main() -> int:
     ap.add_argument("--quiet-wait", type=float, default=300,
                     help="longest wait for other work to end before a repeat, seconds (default 300)")
     ap.add_argument("--nginx-workers", default="1", help="nginx worker_processes (default 1; 'auto' = one per CPU)")
+    ap.add_argument("--ssqd-workers", type=int, default=1,
+                    help="ssqd's proxy worker threads (SSQD_WORKER_THREADS; default 1, as Squid runs with "
+                         "'workers 1' and nginx with worker_processes 1 here; 0 = ssqd's own default, one per CPU)")
     ap.add_argument("--no-big", action="store_true", help="skip item 3 (the 100,000-domain policy)")
     ap.add_argument("--no-one-conn", dest="one_conn", action="store_false",
                     help="skip the information cell 1 KiB over one connection")
@@ -1070,6 +1078,7 @@ def main() -> int:
                     "config": {"rounds": args.rounds, "duration_s": args.duration, "threads": args.threads,
                                "max_other_cpus": args.max_other_cpus,
                                "warmup_s": args.warmup, "nginx_workers": args.nginx_workers,
+                               "ssqd_workers": args.ssqd_workers,
                                "nginx_proxy": not args.no_nginx_proxy,
                                "rss_sample_period_s": 0.2, "wrk_timeout_s": 10, "settle_s": args.settle}}
     target = ROOT / "target" / ("bench" if args.git_rev else "")
@@ -1111,7 +1120,7 @@ def main() -> int:
             log(f"nginx-proxy on {nginx_proxy.addr} (reverse proxy to {nginx.addr}, upstream keepalive, "
                 f"worker_processes {args.nginx_workers})")
 
-        ssqd = Ssqd(bin_dir, root, "bench-small", SSQD_IP, procs, 60)
+        ssqd = Ssqd(bin_dir, root, "bench-small", SSQD_IP, procs, 60, args.ssqd_workers)
         ssqd.start()
         time.sleep(0.5)
         report["rss_at_start_no_policy_mib"] = {"ssqd": rnd(rss_bytes(ssqd.proc.pid) / 2**20, 2)}
@@ -1122,7 +1131,7 @@ def main() -> int:
         item3: dict | None = None
         if not args.no_big:
             item3 = {}
-            big = Ssqd(bin_dir, root, "bench-big", SSQD_BIG_IP, procs, 300)
+            big = Ssqd(bin_dir, root, "bench-big", SSQD_BIG_IP, procs, 300, args.ssqd_workers)
             big.start()
             # First with names like a real block list; the portal refuses bodies over 1 MiB.
             text = big_policy(realistic=True)

@@ -64,11 +64,28 @@ pub fn sections_outside(p: &Policy, allowed: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Parse, check, merge and compile a revision for `node`.
+/// Parse, check, merge and compile a revision for `node`. A large policy takes a
+/// while: on the multi-threaded control runtime, the thread hands its other tasks (the
+/// accept loop, the portal) to another thread meanwhile.
 ///
 /// # Errors
 /// The reason, for a NACK or an API error: sha mismatch, parse or validation errors.
 pub fn build(
+    doc: &PolicyDoc,
+    local_text: Option<&str>,
+    never: &[String],
+    node: &str,
+) -> Result<ActivePolicy, String> {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(|| compile(doc, local_text, never, node))
+    } else {
+        compile(doc, local_text, never, node)
+    }
+}
+
+fn compile(
     doc: &PolicyDoc,
     local_text: Option<&str>,
     never: &[String],

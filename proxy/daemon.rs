@@ -387,7 +387,12 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                     node.shipper.clone(),
                 ));
             }
-            Some(crate::forward::Proxy::new(node.clone(), log))
+            let workers = crate::workers::Workers::start(crate::workers::count())
+                .context("cannot start the proxy's worker threads")?;
+            Some((
+                crate::forward::Proxy::new(node.clone(), log, workers.len()),
+                workers,
+            ))
         }
         None => None,
     };
@@ -444,7 +449,7 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                     Ok(x) => x,
                     Err(e) => { accept_failed(&node, "proxy", &e).await; continue }
                 };
-                let Some(proxy) = proxy.clone() else { continue };
+                let Some((proxy, workers)) = &proxy else { continue };
                 let _ = tcp.set_nodelay(true);
                 let limits = proxy.limits();
                 let permit = conns.acquire(peer.ip(), limits.max_connections_per_client, limits.max_connections);
@@ -452,7 +457,7 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                 // within them holds its place until it closes, and on stop finishes the
                 // request in flight first (the drain waits for the count to reach zero).
                 let stopping = node.stopping.subscribe();
-                tokio::spawn(crate::clientconn::serve(proxy, tcp, peer, limits, permit, stopping));
+                workers.serve(proxy.clone(), tcp, peer, limits, permit, stopping);
             }
             _ = sigterm.recv() => break End::Drain,
             _ = sigint.recv() => break End::Now,
@@ -469,7 +474,7 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
     drop(admin_l);
     drop(proxy_l);
     let flush_records = || async {
-        if let Some(p) = &proxy {
+        if let Some((p, _)) = &proxy {
             p.log.flush().await;
         }
     };

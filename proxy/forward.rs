@@ -167,22 +167,27 @@ fn forbidden_target(addr: SocketAddr, own: &[SocketAddr]) -> Option<&'static str
 }
 
 impl Proxy {
-    /// A proxy for `node` writing to `log` (inside the runtime: the upstream pool has
-    /// a task that closes idle connections).
-    pub fn new(node: Arc<Node>, log: Arc<AccessLog>) -> Arc<Proxy> {
+    /// A proxy for `node` writing to `log`, served by `workers` worker threads
+    /// (inside the runtime: the upstream pool has a task that closes idle connections).
+    pub fn new(node: Arc<Node>, log: Arc<AccessLog>, workers: usize) -> Arc<Proxy> {
         let via = HeaderValue::from_str(&format!("1.1 {}", node.files.startup.node))
             .unwrap_or(HeaderValue::from_static("1.1 ssq"));
         let mut own = vec![node.portal_addr];
         own.extend(node.proxy_addr);
         Arc::new(Proxy {
             node,
-            upstream: Upstream::new(),
+            upstream: Upstream::new(workers),
             dns: DnsCache::default(),
             log,
             via,
             own,
             upload_stops: Arc::default(),
         })
+    }
+
+    /// A warning in the node's log, about the proxy.
+    pub fn warn(&self, msg: &str) {
+        self.node.files.log.warn("proxy", msg);
     }
 
     /// The limits of the active policy (defaults before the first policy).

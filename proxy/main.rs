@@ -36,6 +36,7 @@ mod tracked;
 mod upbody;
 mod upload;
 mod upstream;
+mod workers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -139,15 +140,15 @@ fn main() -> ExitCode {
     // Every client connection, upstream connection and tunnel pipe is a descriptor: the
     // soft limit goes up to the hard one, and a sixteenth of it may be tunnel pipes.
     splice::set_budget(raise_nofile() / 16);
-    // SSQD_WORKER_THREADS: the runtime's worker threads (default: one per core).
+    // The control runtime (portal, sync, shipper, accept): on a node that runs the
+    // proxy, one thread (client connections have their own, `workers`); on the master,
+    // which serves every slave's sync and reports, SSQD_WORKER_THREADS or one per core.
+    let proxy_node = !matches!(
+        ssq::startup::load(&config).map(|(s, _)| s.role),
+        Ok(ssq::startup::Role::Master)
+    );
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("SSQD_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-    {
-        builder.worker_threads(n);
-    }
+    builder.worker_threads(if proxy_node { 1 } else { workers::count() });
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -133,8 +133,18 @@ type IdleMap = HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>;
 
 /// The pool of kept-alive upstream connections.
 pub struct Upstream {
-    /// Idle connections, the most recently used last.
-    idle: Mutex<IdleMap>,
+    /// Idle connections, the most recently used last: one map per worker thread
+    /// (`workers::shard`), so that a connection is reused on the thread whose poller
+    /// it is registered with, and no two threads take the same lock.
+    idle: Box<[Mutex<IdleMap>]>,
+}
+
+/// One shard's map, locked. A panic while holding the lock leaves a map that is still
+/// valid.
+fn lock(shard: &Mutex<IdleMap>) -> std::sync::MutexGuard<'_, IdleMap> {
+    shard
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A checked-out upstream connection.
@@ -179,11 +189,12 @@ fn answer_timer(
 }
 
 impl Upstream {
-    /// A pool, with a task that closes connections idle for longer than 30 s (and so
-    /// frees their sockets) even when no request comes. Needs a Tokio runtime.
-    pub fn new() -> Arc<Upstream> {
+    /// A pool for `workers` worker threads (and the threads off them), with a task that
+    /// closes connections idle for longer than 30 s (and so frees their sockets) even
+    /// when no request comes. Needs a Tokio runtime.
+    pub fn new(workers: usize) -> Arc<Upstream> {
         let pool = Arc::new(Upstream {
-            idle: Mutex::new(HashMap::default()),
+            idle: (0..=workers).map(|_| Mutex::default()).collect(),
         });
         let weak: Weak<Upstream> = Arc::downgrade(&pool);
         tokio::spawn(async move {
@@ -198,31 +209,31 @@ impl Upstream {
         pool
     }
 
+    /// This thread's map of idle connections.
     fn lock(&self) -> std::sync::MutexGuard<'_, IdleMap> {
-        // A panic while holding the lock leaves a map that is still valid.
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.idle[crate::workers::shard() % self.idle.len()])
     }
 
     /// Close the connections idle for too long.
     fn sweep(&self) {
-        let stale: Vec<Idle> = {
-            let mut idle = self.lock();
-            let mut out = Vec::new();
-            idle.retain(|_, v| {
-                let (keep, drop): (Vec<_>, Vec<_>) =
-                    v.drain(..).partition(|i| i.since.elapsed() < IDLE_FOR);
-                *v = keep;
-                out.extend(drop);
-                !v.is_empty()
-            });
-            if idle.is_empty() {
-                idle.shrink_to_fit();
-            }
-            out
-        };
-        drop(stale);
+        for shard in &self.idle {
+            let stale: Vec<Idle> = {
+                let mut idle = lock(shard);
+                let mut out = Vec::new();
+                idle.retain(|_, v| {
+                    let (keep, drop): (Vec<_>, Vec<_>) =
+                        v.drain(..).partition(|i| i.since.elapsed() < IDLE_FOR);
+                    *v = keep;
+                    out.extend(drop);
+                    !v.is_empty()
+                });
+                if idle.is_empty() {
+                    idle.shrink_to_fit();
+                }
+                out
+            };
+            drop(stale);
+        }
     }
 
     fn put(&self, addr: SocketAddr, mut kept: Idle) {

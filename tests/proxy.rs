@@ -9,7 +9,8 @@
 //! (slowloris gets 408; an idle keep-alive connection waits for the idle timeout),
 //! one access.log line per request in Squid's native format, and CONNECT tunnels (large
 //! streams both ways with early bytes and half closes; past the pipe budget, copying,
-//! and ending when quiet for the idle limit).
+//! and ending when quiet for the idle limit), and connections spread over the proxy's
+//! worker threads.
 
 mod util;
 
@@ -1114,4 +1115,77 @@ fn tunnels_past_the_pipe_budget_copy_and_all_work() {
     r.read_line(&mut back).expect("read through a new tunnel");
     assert_eq!(back, "again\n");
     assert_eq!(pipes() - before, 4, "a new tunnel gets pipes again");
+}
+
+/// The threads of `pid` named `ssqd-proxy-N` (the proxy's workers): (name, tid), by
+/// name.
+fn proxy_workers(pid: u32) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/PID/task")
+        .filter_map(|e| {
+            let tid = e.ok()?.file_name().to_string_lossy().into_owned();
+            let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+            let name = name.trim().to_string();
+            name.starts_with("ssqd-proxy-").then_some((name, tid))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// How many times thread `tid` of `pid` went to sleep (voluntary context switches):
+/// an idle worker sleeps, so each request served after a pause counts at least one.
+fn sleeps(pid: u32, tid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .expect("/proc/PID/task/TID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches")
+}
+
+/// Client connections are served on the proxy's worker threads (SSQD_WORKER_THREADS of
+/// them, each its own single-threaded runtime): two connections open at once go to
+/// two different workers, and both keep working for several keep-alive requests.
+#[test]
+fn connections_are_spread_over_the_proxy_workers() {
+    let env = Env::new();
+    let origin = Origin::start();
+    let nd = NodeDir::create(&env, "gw-workers", &next_ip(), "");
+    let node = Node::run_with_workers(nd, 2);
+    apply(&env, &node, "rules: []\n");
+    let proxy = proxy_of(&node);
+    let host = origin.hostport();
+
+    let workers = proxy_workers(node.pid);
+    let names: Vec<&str> = workers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["ssqd-proxy-1", "ssqd-proxy-2"], "{workers:?}");
+    let before: Vec<u64> = workers.iter().map(|(_, t)| sleeps(node.pid, t)).collect();
+
+    // Both open before either sends: the second goes to the worker with fewer.
+    let mut a = Raw::connect(&proxy);
+    let mut b = Raw::connect(&proxy);
+    const ROUNDS: u64 = 4;
+    for i in 0..ROUNDS {
+        for (c, name) in [(&mut a, "a"), (&mut b, "b")] {
+            c.send(&format!(
+                "GET http://{host}/{name}{i} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+            ));
+            let r = c.response(false);
+            assert_eq!(r.status, 200, "connection {name}, request {i}: {r:?}");
+            assert_eq!(r.body, ORIGIN_BODY);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let woke: Vec<u64> = workers
+        .iter()
+        .zip(&before)
+        .map(|((_, t), b)| sleeps(node.pid, t) - b)
+        .collect();
+    assert!(
+        woke.iter().all(|&n| n >= ROUNDS),
+        "each worker should have served one connection ({ROUNDS} requests, each after a pause); \
+         times each worker slept meanwhile: {woke:?}"
+    );
 }

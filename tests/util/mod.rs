@@ -304,6 +304,8 @@ pub struct Jail<'a> {
     pub hosts: Option<&'a Path>,
     /// RLIMIT_NOFILE, soft and hard.
     pub nofile: Option<u64>,
+    /// SSQD_WORKER_THREADS.
+    pub workers: Option<usize>,
 }
 
 /// Whether ssqd can be given its own `/etc/hosts` ([`Node::run_with_hosts`]): root,
@@ -356,6 +358,10 @@ fn spawn_ssqd_with(config: &Path, jail: Jail<'_>) -> (Child, Receiver<String>) {
     for v in SCRUB {
         c.env_remove(v);
     }
+    match jail.workers {
+        Some(n) => c.env("SSQD_WORKER_THREADS", n.to_string()),
+        None => c.env_remove("SSQD_WORKER_THREADS"),
+    };
     if let Some(n) = jail.nofile {
         use std::os::unix::process::CommandExt;
         // SAFETY: only setrlimit (async-signal-safe) between fork and exec.
@@ -414,7 +420,7 @@ impl Node {
             files,
             Jail {
                 hosts: Some(hosts),
-                nofile: None,
+                ..Jail::default()
             },
         )
     }
@@ -424,8 +430,19 @@ impl Node {
         Node::run_in(
             files,
             Jail {
-                hosts: None,
                 nofile: Some(n),
+                ..Jail::default()
+            },
+        )
+    }
+
+    /// [`Node::run`] with `n` proxy worker threads (SSQD_WORKER_THREADS).
+    pub fn run_with_workers(files: NodeDir, n: usize) -> Node {
+        Node::run_in(
+            files,
+            Jail {
+                workers: Some(n),
+                ..Jail::default()
             },
         )
     }
