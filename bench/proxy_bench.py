@@ -132,19 +132,26 @@ def tree(root: int) -> list[int]:
     return out
 
 
-def cpu_seconds(root: int) -> float:
-    """user+sys CPU seconds of the tree: every thread of each live process (the
+def cpu_split(root: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the tree: every thread of each live process (the
     process-wide counters of /proc/PID/stat), plus the reaped children of the root."""
-    total = 0
+    user = system = 0
     for pid in tree(root):
         f = _stat(pid)
         if not f:
             continue
         # after comm: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
-        total += int(f[11]) + int(f[12])
+        user += int(f[11])
+        system += int(f[12])
         if pid == root:
-            total += int(f[13]) + int(f[14])
-    return total / CLK_TCK
+            user += int(f[13])
+            system += int(f[14])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(root: int) -> float:
+    """user+sys CPU seconds of the tree (see cpu_split)."""
+    return sum(cpu_split(root))
 
 
 def rss_bytes(root: int) -> int:
@@ -745,7 +752,8 @@ class Bench:
         ng = self.nginx.proc.pid
         sampler = RssSampler({"proxy": pid} if pid else {})
         load = loadavg()
-        cpu0 = cpu_seconds(pid) if pid else 0.0
+        split0 = cpu_split(pid) if pid else (0.0, 0.0)
+        cpu0 = sum(split0)
         ng0 = cpu_seconds(ng)
         ours0 = self.ours()
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -758,7 +766,8 @@ class Bench:
         kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         ours1 = self.ours()
         peak = sampler.stop()
-        cpu1 = cpu_seconds(pid) if pid else 0.0
+        split1 = cpu_split(pid) if pid else (0.0, 0.0)
+        cpu1 = sum(split1)
         ng1 = cpu_seconds(ng)
         wrk_cpu = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
         n = res["requests"]
@@ -774,6 +783,8 @@ class Bench:
             "errors": errors,
             "proxy_cpu_s": cpu1 - cpu0 if pid else None,
             "proxy_cpu_us_per_req": (cpu1 - cpu0) / n * 1e6 if pid and n else None,
+            # Of which in the kernel (system calls, TCP on loopback, wake-ups).
+            "proxy_sys_us_per_req": (split1[1] - split0[1]) / n * 1e6 if pid and n else None,
             "proxy_rss_peak": peak.get("proxy"),
             "nginx_cpu_us_per_req": (ng1 - ng0) / n * 1e6 if n else None,
             # Everything the machine did during the run, in CPUs (2.0 = both cores busy).
@@ -828,6 +839,12 @@ class Bench:
         xs = [ra[k] / rb[k] for k in ra if k in rb and ra[k] is not None and rb[k]]
         return median(xs)
 
+    def cross(self, a: str, key_a: str, b: str, key_b: str, body: str, conns: int) -> float | None:
+        """Median over rounds of a's key_a / b's key_b (same round)."""
+        ra = {r["round"]: r[key_a] for r in self.cell(a, body, conns)}
+        rb = {r["round"]: r[key_b] for r in self.cell(b, body, conns)}
+        return median([ra[k] / rb[k] for k in ra if k in rb and ra[k] is not None and rb[k]])
+
     def diff(self, a: str, b: str, body: str, conns: int, key: str) -> float | None:
         """Median over rounds of a-b (same round)."""
         ra = {r["round"]: r[key] for r in self.cell(a, body, conns)}
@@ -841,6 +858,8 @@ class Bench:
             "p50": rnd(self.ratio(a, b, body, conns, "p50_ms")),
             "p99": rnd(self.ratio(a, b, body, conns, "p99_ms")),
             "cpu_per_req": rnd(self.ratio(a, b, body, conns, "proxy_cpu_us_per_req")),
+            # a's kernel CPU per request alone, over b's whole CPU per request.
+            "sys_vs_cpu": rnd(self.cross(a, "proxy_sys_us_per_req", b, "proxy_cpu_us_per_req", body, conns)),
         }
 
     def summary(self) -> dict:
@@ -868,6 +887,7 @@ class Bench:
                     if t != "direct":
                         c.update({
                             "cpu_us_per_req": rnd(self.med(t, body, conns, "proxy_cpu_us_per_req"), 1),
+                            "sys_us_per_req": rnd(self.med(t, body, conns, "proxy_sys_us_per_req"), 1),
                             "rss_peak_mib": rnd(max(r["proxy_rss_peak"] for r in rows) / 2**20, 1),
                             "req_s_vs_direct": rnd(self.ratio(t, "direct", body, conns, "req_s")),
                             "mib_s_vs_direct": rnd(self.ratio(t, "direct", body, conns, "body_mib_s")),
@@ -958,6 +978,17 @@ def reference_info(s: dict) -> list[dict]:
                  "value": ns["cpu_per_req"], "unit": "x"},
                 {"what": "nginx-proxy req/s / Squid's (1 KiB, 64 conns; ssqd's target: >= 3)",
                  "value": ns["req_s"], "unit": "x"}]
+    # The kernel's share: a proxy's system CPU per request (its socket calls, TCP on
+    # loopback, waking the other side) is paid whatever the proxy's own code costs.
+    for t in ("ssqd", "squid", "nginx-proxy"):
+        v = c.get(t, {}).get("sys_us_per_req")
+        if v is not None:
+            out.append({"what": f"{t} kernel (system) CPU/request (1 KiB, 64 conns)", "value": v, "unit": "us"})
+    for k, what in (("ssqd_vs_squid", "ssqd"), ("nginx_proxy_vs_squid", "nginx-proxy")):
+        v = (c.get(k) or {}).get("sys_vs_cpu")
+        if v is not None:
+            out.append({"what": f"{what} kernel CPU/request / Squid's whole CPU/request (1 KiB, 64 conns; "
+                                f"ssqd's target for the whole: <= 0.25)", "value": v, "unit": "x"})
     # One request at a time: each request pays for its own wake-ups (no batching), which
     # is where the issue's "Squid ≈ 225–295 µs per 1 KiB request" is reproduced here.
     one = s.get("1k/1", {})
