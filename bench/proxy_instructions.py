@@ -134,7 +134,7 @@ def under_callgrind(label: str, argv: list[str], home: Path, origin: Origin, con
         run(*wrk[:1], "-d2s", *wrk[1:])
         time.sleep(0.3)
         run("callgrind_control", "-i", "on", str(proc.pid))
-        w = run(*wrk[:1], f"-d{seconds}s", *wrk[1:])
+        w = run(*wrk[:1], f"-d{max(1, round(seconds))}s", *wrk[1:])
         time.sleep(0.3)
         run("callgrind_control", "-i", "off", str(proc.pid))
         reqs = int(next(l for l in w.stdout.splitlines() if "requests in" in l).split()[0])
