@@ -164,20 +164,22 @@ impl Workers {
 
 /// Serve one handed-over connection on the current runtime.
 async fn run(job: Job) {
-    let Job {
-        proxy,
-        tcp,
-        peer,
-        limits,
-        permit,
-        stopping,
-        open,
-    } = job;
-    let _open = open;
-    match TcpStream::from_std(tcp) {
-        Ok(tcp) => crate::clientconn::serve(proxy, tcp, peer, limits, permit, stopping).await,
-        Err(e) => proxy.warn(&format!(
-            "cannot serve a connection from {peer}: {e} (registering it with the poller failed)"
+    let _open = job.open;
+    match TcpStream::from_std(job.tcp) {
+        Ok(tcp) => {
+            crate::clientconn::serve(
+                job.proxy,
+                tcp,
+                job.peer,
+                job.limits,
+                job.permit,
+                job.stopping,
+            )
+            .await
+        }
+        Err(e) => job.proxy.warn(&format!(
+            "cannot serve a connection from {}: {e} (registering it with the poller failed)",
+            job.peer
         )),
     }
 }
