@@ -1089,6 +1089,8 @@ def main() -> int:
     ap.add_argument("--git-rev", metavar="REV",
                     help="benchmark this commit (git archive into a temp dir, built with "
                          "CARGO_TARGET_DIR=target/bench) instead of the working tree")
+    ap.add_argument("--pgo", action="store_true",
+                    help="build with scripts/build-pgo (profile-guided) instead of cargo build --release")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
     ap.add_argument("--perf", action="store_true",
                     help="after the measurement, profile ssqd with perf during one more 1 KiB/64 run")
@@ -1109,7 +1111,7 @@ def main() -> int:
                     "config": {"rounds": args.rounds, "duration_s": args.duration, "threads": args.threads,
                                "max_other_cpus": args.max_other_cpus,
                                "warmup_s": args.warmup, "nginx_workers": args.nginx_workers,
-                               "ssqd_workers": args.ssqd_workers,
+                               "ssqd_workers": args.ssqd_workers, "pgo": args.pgo,
                                "nginx_proxy": not args.no_nginx_proxy,
                                "rss_sample_period_s": 0.2, "wrk_timeout_s": 10, "settle_s": args.settle}}
     target = ROOT / "target" / ("bench" if args.git_rev else "")
@@ -1134,7 +1136,7 @@ def main() -> int:
         if not args.no_install:
             report["packages"] = ensure_packages()
         if not args.no_build:
-            build(args.git_rev, target, report["commit"])
+            build(args.git_rev, target, report["commit"], args.pgo)
             stamp.write_text(report["commit"] + "\n")
 
         nginx = Nginx(root, procs, args.nginx_workers)
@@ -1289,9 +1291,10 @@ def main() -> int:
     return 1 if failed else 0
 
 
-def build(rev: str | None, target: Path, commit: str) -> None:
-    """cargo build --release --bins of the working tree, or of `rev` (git archive into a
-    temp dir, CARGO_TARGET_DIR=target/bench: the working tree may be mid-edit)."""
+def build(rev: str | None, target: Path, commit: str, pgo: bool = False) -> None:
+    """cargo build --release --bins (with `pgo`: scripts/build-pgo, the profile-guided
+    build) of the working tree, or of `rev` (git archive into a temp dir,
+    CARGO_TARGET_DIR=target/bench: the working tree may be mid-edit)."""
     src = ROOT
     if rev:
         src = Path(tempfile.mkdtemp(prefix=f"ssq-src-{commit}-"))
@@ -1299,9 +1302,9 @@ def build(rev: str | None, target: Path, commit: str) -> None:
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
     try:
-        log(f"cargo build --release --bins ({commit})")
-        subprocess.run(["cargo", "build", "--release", "--bins"], cwd=src, check=True,
-                       env={**os.environ, "CARGO_TARGET_DIR": str(target)})
+        cmd = [str(src / "scripts" / "build-pgo")] if pgo else ["cargo", "build", "--release", "--bins"]
+        log(f"{' '.join(cmd)} ({commit})")
+        subprocess.run(cmd, cwd=src, check=True, env={**os.environ, "CARGO_TARGET_DIR": str(target)})
     finally:
         if src != ROOT:
             shutil.rmtree(src, ignore_errors=True)
