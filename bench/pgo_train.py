@@ -46,7 +46,6 @@ def main() -> int:
     procs = pb.Procs()
     root = Path(tempfile.mkdtemp(prefix="ssq-pgo-"))
     root.chmod(0o755)
-    ssqd = None
     try:
         nginx = pb.Nginx(root, procs, "1")
         nginx.start()
