@@ -363,10 +363,12 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                 conns: conns.clone(),
                 sync_every: Duration::from_millis(node.files.startup.fsync_ms),
             });
+            let n_workers = crate::workers::count();
             let log = crate::accesslog::AccessLog::start(
                 &node.files.startup.log_dir,
                 &node.files.startup.node,
                 spooling,
+                n_workers,
             )
             .with_context(|| {
                 format!(
@@ -387,7 +389,7 @@ pub async fn serve(p: Prepared, signals: Signals) -> Result<i32> {
                     node.shipper.clone(),
                 ));
             }
-            let workers = crate::workers::Workers::start(crate::workers::count())
+            let workers = crate::workers::Workers::start(n_workers)
                 .context("cannot start the proxy's worker threads")?;
             Some((
                 crate::forward::Proxy::new(node.clone(), log, workers.len()),

@@ -1,10 +1,14 @@
-//! Spare strings for the access record's text. A record is built on a runtime worker
-//! and written, then dropped, on the access-log thread: there each of its strings (the
-//! node, the client, the method, the URL, ...) was freed into another thread's part of
-//! the allocator, and the worker allocated the next ones without a cached chunk, both
-//! on glibc's slow path. The writer hands the strings of the records it wrote back here
-//! (one lock per batch), and workers take them in handfuls (one lock per handful) and
-//! fill them in place.
+//! Spare strings for the access record's text, so that a busy proxy fills strings it
+//! already has instead of allocating a handful per request.
+//!
+//! On a node without a spool (standalone, master) a record's access.log line is written
+//! on the worker that made it, and the record's strings go straight back to that
+//! worker's spares ([`keep`]). On a slave the record travels to the access-log thread
+//! for the spool and is dropped there: each of its strings (the node, the client, the
+//! method, the URL, ...) would be freed into another thread's part of the allocator,
+//! and the worker would allocate the next ones without a cached chunk, both on glibc's
+//! slow path. So the writer hands the strings of the records it spooled back here (one
+//! lock per batch), and workers take them in handfuls (one lock per handful).
 
 use std::cell::RefCell;
 use std::sync::Mutex;
@@ -13,6 +17,8 @@ use ssq::accessrecord::AccessRecord;
 
 /// Strings kept for the workers, at most (a few hundred KiB).
 const KEEP: usize = 8192;
+/// Strings one thread keeps for itself, at most.
+const LOCAL_KEEP: usize = 512;
 /// Strings a worker takes at once.
 const HANDFUL: usize = 64;
 /// A string larger than this is not kept (one long URL must not hold memory for good).
@@ -45,6 +51,16 @@ pub fn text(s: &str) -> String {
     let mut t = blank();
     t.push_str(s);
     t
+}
+
+/// Keep the strings of `rec` (emptied) as this thread's spares, as many as are kept.
+pub fn keep(rec: AccessRecord) {
+    LOCAL.with(|local| {
+        if let Ok(mut local) = local.try_borrow_mut() {
+            collect(rec, &mut local);
+            local.truncate(LOCAL_KEEP);
+        }
+    });
 }
 
 /// Keep the strings of `rec` (emptied) in `out`, for [`give_back`].

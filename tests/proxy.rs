@@ -1189,3 +1189,52 @@ fn connections_are_spread_over_the_proxy_workers() {
          times each worker slept meanwhile: {woke:?}"
     );
 }
+
+/// Each worker writes its requests' access.log lines into a buffer of its own, which
+/// the writer thread takes on its tick: lines of both workers all reach the file, each
+/// once, and a SIGTERM right after the last answer still writes them before the exit.
+#[test]
+fn access_log_lines_from_every_worker_reach_the_file_by_the_exit() {
+    let env = Env::new();
+    let origin = Origin::start();
+    let nd = NodeDir::create(&env, "gw-wlog", &next_ip(), "");
+    let mut node = Node::run_with_workers(nd, 2);
+    apply(&env, &node, "rules: []\n");
+    let proxy = proxy_of(&node);
+    let host = origin.hostport();
+    // Both open before either sends: one connection per worker.
+    let mut a = Raw::connect(&proxy);
+    let mut b = Raw::connect(&proxy);
+    const EACH: usize = 25;
+    for i in 0..EACH {
+        for (c, name) in [(&mut a, "a"), (&mut b, "b")] {
+            c.send(&format!(
+                "GET http://{host}/{name}{i} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+            ));
+            let r = c.response(false);
+            assert_eq!(r.status, 200, "connection {name}, request {i}: {r:?}");
+        }
+    }
+    drop((a, b));
+    let status = node.stop();
+    assert_eq!(status.code(), Some(0), "SIGTERM exit status: {status:?}");
+    let lines = access_lines(&node);
+    for name in ["a", "b"] {
+        for i in 0..EACH {
+            let url = format!(" http://{host}/{name}{i} ");
+            let n = lines.iter().filter(|l| l.contains(&url)).count();
+            assert_eq!(
+                n,
+                1,
+                "lines for{url}: {n}; access.log:\n{}",
+                lines.join("\n")
+            );
+        }
+    }
+    assert_eq!(lines.len(), 2 * EACH, "access.log:\n{}", lines.join("\n"));
+    assert!(
+        lines.iter().all(|l| l.contains(" TCP_MISS/200 ")),
+        "access.log:\n{}",
+        lines.join("\n")
+    );
+}
