@@ -31,8 +31,11 @@ use crate::connlimit::ConnCounter;
 
 /// Records (for the spool) and events waiting for the writer, at most.
 const QUEUE: usize = 65_536;
-/// access.log text waiting in one worker's slot, at most (about 40,000 lines).
-const SLOT_MAX: usize = 8 << 20;
+/// access.log text waiting in all the slots together, at most (about 250,000 lines),
+/// shared out among the slots, each of which may hold at least [`SLOT_FLOOR`].
+const SLOTS_MAX: usize = 32 << 20;
+/// The least one slot may hold.
+const SLOT_FLOOR: usize = 1 << 20;
 /// How often the writer takes the queue and the slots.
 const WRITE_EVERY: Duration = Duration::from_millis(50);
 /// A queue this long wakes the writer before its tick.
@@ -82,6 +85,8 @@ struct Slot {
 pub struct AccessLog {
     /// Slot 0 for threads off the proxy workers, then one per worker (`workers::shard`).
     slots: Box<[Mutex<Slot>]>,
+    /// Text one slot may hold; a record that finds its slot full is dropped and counted.
+    slot_max: usize,
     /// Records go to the spool too (a slave).
     spooling: bool,
     /// What the writer has yet to take.
@@ -126,6 +131,7 @@ impl AccessLog {
             .open(&path)?;
         let log = Arc::new(AccessLog {
             slots: (0..=workers).map(|_| Mutex::default()).collect(),
+            slot_max: (SLOTS_MAX / (workers + 1)).max(SLOT_FLOOR),
             spooling: spooling.is_some(),
             queue: Mutex::new(Vec::with_capacity(WAKE_AT)),
             wake: Condvar::new(),
@@ -171,7 +177,7 @@ impl AccessLog {
     pub fn record(&self, rec: AccessRecord) {
         let i = crate::workers::shard().min(self.slots.len() - 1);
         let written = match self.slots[i].lock() {
-            Ok(mut slot) if slot.text.len() < SLOT_MAX => {
+            Ok(mut slot) if slot.text.len() < self.slot_max => {
                 let before = slot.text.len();
                 rec.push_squid_line(&mut slot.text);
                 slot.requests += 1;
