@@ -14,7 +14,8 @@ loopback and measures with wrk, in one run:
     (utime+stime from /proc over its whole process tree / requests wrk completed) and
     RSS (VmRSS, idle before the runs and peak sampled every 200 ms during each run);
   * item 3: a second ssqd holding 100,000 blocked domains and 100 URL regexes (none
-    matching), run at 1 KiB/64 interleaved with the small-policy ssqd: CPU per request.
+    matching), run next to the small-policy ssqd in every cell, and at 1 KiB/64 in
+    --item3-pairs pairs per round (order alternating): CPU per request.
 
 Targets are interleaved (their order rotates each round) over several rounds; the
 report gives medians (ratios: median of the per-round ratios). Python 3.11 standard
@@ -691,6 +692,7 @@ class Bench:
         if big:
             self.targets["ssqd_big"] = big
         self.runs: list[dict] = []
+        self.item3_runs: list[dict] = []  # item 3's further pairs (not in the cells' summary)
         self.rejected: list[dict] = []
         self.scripts = {}
         for body in BODIES:
@@ -724,9 +726,11 @@ class Bench:
                 return other
             log(f"  waiting for other work to end: {other:.2f} CPUs busy outside the benchmark")
 
-    def one(self, target: str, body: str, conns: int, duration: float, rnd_i: int, record: bool = True) -> dict:
+    def one(self, target: str, body: str, conns: int, duration: float, rnd_i: int, record: bool = True,
+            into: list | None = None) -> dict:
         """One wrk run; repeated (up to --retries times, after waiting for quiet) when other
-        work on the machine took more than --max-other-cpus during it."""
+        work on the machine took more than --max-other-cpus during it. Recorded in `into`
+        (default: the runs the summary is made of)."""
         for attempt in range(self.args.retries + 1):
             row = self._one(target, body, conns, duration, rnd_i)
             row["attempt"] = attempt
@@ -742,7 +746,7 @@ class Bench:
                 f"(limit {self.args.max_other_cpus}): rejected, again")
             self.wait_quiet()
         if record:
-            self.runs.append(row)
+            (self.runs if into is None else into).append(row)
         return row
 
     def _one(self, target: str, body: str, conns: int, duration: float, rnd_i: int) -> dict:
@@ -816,14 +820,41 @@ class Bench:
                     i = order.index("ssqd")
                     order.insert(i + 1 if r % 2 == 0 else i, "ssqd_big")
                 for t in order:
-                    row = self.one(t, body, conns, self.args.duration, r)
-                    log(f"round {r + 1}/{self.args.rounds} {body:>4}/{conns:<3} {t:11} "
-                        f"{row['req_s']:9.0f} req/s {row['body_mib_s']:8.1f} MiB/s "
-                        f"p50 {row['p50_ms']:6.2f} p99 {row['p99_ms']:7.2f} ms"
-                        + (f"  cpu {row['proxy_cpu_us_per_req']:6.1f} us/req rss {row['proxy_rss_peak'] / 2**20:6.1f} MiB"
-                           if row["proxy_cpu_us_per_req"] is not None else "")
-                        + f"  busy {row['machine_busy_cpus']:.2f} other {row['other_cpus']:.2f} load {row['loadavg_1m']}"
-                        + (f"  ERRORS {row['errors']}" if row["errors"] else ""))
+                    self.log_row(r, self.one(t, body, conns, self.args.duration, r))
+                if "ssqd_big" in self.targets and (body, conns) == ("1k", 64):
+                    # item 3's further pairs, first of each alternating: its figure is a
+                    # difference of a few per cent, and one pair per round moves by ten.
+                    for j in range(1, self.args.item3_pairs):
+                        pair = ["ssqd", "ssqd_big"] if (r + j) % 2 == 0 else ["ssqd_big", "ssqd"]
+                        rows = {t: self.one(t, body, conns, self.args.duration, r, into=self.item3_runs)
+                                for t in pair}
+                        for t in pair:
+                            self.log_row(r, rows[t], f"item 3 pair {j + 1}")
+
+    def log_row(self, r: int, row: dict, what: str = "") -> None:
+        log(f"round {r + 1}/{self.args.rounds} {row['body']:>4}/{row['conns']:<3} {row['target']:11} "
+            f"{row['req_s']:9.0f} req/s {row['body_mib_s']:8.1f} MiB/s "
+            f"p50 {row['p50_ms']:6.2f} p99 {row['p99_ms']:7.2f} ms"
+            + (f"  cpu {row['proxy_cpu_us_per_req']:6.1f} us/req rss {row['proxy_rss_peak'] / 2**20:6.1f} MiB"
+               if row["proxy_cpu_us_per_req"] is not None else "")
+            + f"  busy {row['machine_busy_cpus']:.2f} other {row['other_cpus']:.2f} load {row['loadavg_1m']}"
+            + (f"  ERRORS {row['errors']}" if row["errors"] else "")
+            + (f"  ({what})" if what else ""))
+
+    def item3_diffs(self) -> list[float]:
+        """Item 3: `big/small - 1` of CPU per request at 1 KiB/64, in per cent, for every
+        pair: the one of each round's cell, then the further ones, in the order run."""
+        out = []
+        rows = self.cell("ssqd", "1k", 64) + self.cell("ssqd_big", "1k", 64)
+        for r in range(self.args.rounds):
+            small = [x for x in rows if x["round"] == r and x["target"] == "ssqd"]
+            big = [x for x in rows if x["round"] == r and x["target"] == "ssqd_big"]
+            pairs = list(zip(small, big))
+            extra = [x for x in self.item3_runs if x["round"] == r]
+            pairs += zip([x for x in extra if x["target"] == "ssqd"], [x for x in extra if x["target"] == "ssqd_big"])
+            out += [(b["proxy_cpu_us_per_req"] / a["proxy_cpu_us_per_req"] - 1) * 100
+                    for a, b in pairs if a["proxy_cpu_us_per_req"] and b["proxy_cpu_us_per_req"] is not None]
+        return out
 
     # -- summaries ---------------------------------------------------------------------
     def cell(self, target: str, body: str, conns: int) -> list[dict]:
@@ -1047,7 +1078,7 @@ def print_report(report: dict, bench: Bench | None) -> None:
     i3 = report.get("item3")
     if i3:
         print(f"item 3: ssqd cpu/req small policy {i3.get('small_cpu_us_per_req')} us, 100k domains + 100 regexes "
-              f"{i3.get('big_cpu_us_per_req')} us: {i3.get('cpu_per_req_diff_pct')}% (median of per-round diffs); "
+              f"{i3.get('big_cpu_us_per_req')} us: {i3.get('cpu_per_req_diff_pct')}% (median of {i3.get('pairs')} interleaved pairs' diffs); "
               f"req/s x{i3.get('big_vs_small_req_s')}; apply {i3.get('apply', {}).get('wall_s')} s "
               f"({i3.get('apply', {}).get('file_bytes')} bytes); realistic-name apply: {i3.get('realistic_apply')}")
     al = report.get("access_log")
@@ -1077,6 +1108,8 @@ def main() -> int:
                     help="ssqd's proxy worker threads (SSQD_WORKER_THREADS; default 1, as Squid runs with "
                          "'workers 1' and nginx with worker_processes 1 here; 0 = ssqd's own default, one per CPU)")
     ap.add_argument("--no-big", action="store_true", help="skip item 3 (the 100,000-domain policy)")
+    ap.add_argument("--item3-pairs", type=int, default=3,
+                    help="item 3: pairs of small- and big-policy ssqd runs at 1 KiB/64 per round (default 3)")
     ap.add_argument("--no-one-conn", dest="one_conn", action="store_false",
                     help="skip the information cell 1 KiB over one connection")
     ap.add_argument("--no-nginx-proxy", action="store_true",
@@ -1223,6 +1256,8 @@ def main() -> int:
         bench.warm_up()
         report["rss_after_warmup_idle_mib"] = {k: rnd(rss_bytes(p) / 2**20, 2) for k, p in pids.items()}
         n_runs = args.rounds * (5 if args.one_conn else 4) * len(bench.targets)
+        if big:
+            n_runs += args.rounds * 2 * max(0, args.item3_pairs - 1)
         log(f"measuring: {n_runs} runs of {args.duration} s (~{n_runs * (args.duration + 0.6) / 60:.1f} min)")
         bench.measure()
         report["summary"] = s = bench.summary()
@@ -1234,15 +1269,13 @@ def main() -> int:
             time.sleep(args.settle)
             report["rss_settled_idle_mib"] = {k: rnd(rss_bytes(p) / 2**20, 2) for k, p in pids.items()}
         if item3 is not None:
-            small = {r["round"]: r for r in bench.cell("ssqd", "1k", 64)}
-            bigr = {r["round"]: r for r in bench.cell("ssqd_big", "1k", 64)}
-            diffs = [(bigr[k]["proxy_cpu_us_per_req"] / small[k]["proxy_cpu_us_per_req"] - 1) * 100
-                     for k in bigr if k in small]
+            diffs = bench.item3_diffs()
             item3.update({
                 "small_cpu_us_per_req": rnd(bench.med("ssqd", "1k", 64, "proxy_cpu_us_per_req"), 1),
                 "big_cpu_us_per_req": rnd(bench.med("ssqd_big", "1k", 64, "proxy_cpu_us_per_req"), 1),
                 "cpu_per_req_diff_pct": rnd(median(diffs), 2),
-                "per_round_diff_pct": [rnd(d, 2) for d in diffs],
+                "pairs": len(diffs),
+                "per_pair_diff_pct": [rnd(d, 2) for d in diffs],
                 "big_vs_small_req_s": rnd(bench.ratio("ssqd_big", "ssqd", "1k", 64, "req_s")),
                 "big_vs_small_p99": rnd(bench.ratio("ssqd_big", "ssqd", "1k", 64, "p99_ms")),
                 "rss_idle_mib": report["rss_idle_mib"].get("ssqd_big"),
@@ -1251,6 +1284,7 @@ def main() -> int:
                     for b in BODIES for c in (64, 256)},
             })
             report["item3"] = item3
+            report["item3_runs"] = bench.item3_runs
         report["access_log"] = access_log_info(ssqd)
         if big:
             report["access_log_big"] = access_log_info(big)
