@@ -1159,7 +1159,14 @@ def main() -> int:
         report["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                           text=True).stdout.strip() + ("+dirty" if dirty else "")
     if args.no_build:
-        report["commit"] = (stamp.read_text().strip() if stamp.exists() else "unknown") + " (prebuilt, --no-build)"
+        # The stamp names the source of the last build made here; a binary newer than it
+        # was built some other way (cargo by hand), from a source not known.
+        ssqd_bin = bin_dir / "ssqd"
+        if stamp.exists() and ssqd_bin.exists() and ssqd_bin.stat().st_mtime <= stamp.stat().st_mtime:
+            source = stamp.read_text().strip()
+        else:
+            source = "unknown" + (f" (newer than the build of {stamp.read_text().strip()})" if stamp.exists() else "")
+        report["commit"] = source + " (prebuilt, --no-build)"
     procs = Procs()
     root = Path(tempfile.mkdtemp(prefix="ssq-proxy-bench-"))
     bench = None
