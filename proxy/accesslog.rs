@@ -142,7 +142,6 @@ impl AccessLog {
             me: log.clone(),
             out: std::io::BufWriter::with_capacity(1 << 16, file),
             taken: String::new(),
-            spare: Vec::new(),
             path,
             events,
             spooling,
@@ -234,8 +233,6 @@ struct Writer {
     out: std::io::BufWriter<std::fs::File>,
     /// A slot's text, taken (swapped with the slot's: both keep their room).
     taken: String,
-    /// The strings of the records written, for the workers (see `textpool`).
-    spare: Vec<String>,
     path: std::path::PathBuf,
     events: ExtLog,
     spooling: Option<Spooling>,
@@ -341,13 +338,7 @@ impl Writer {
         self.take_slots();
         for m in batch.drain(..) {
             match m {
-                Msg::Request(rec) => {
-                    if self.spooling.is_some() {
-                        self.append(Payload::Request(Box::new(rec)));
-                    } else {
-                        crate::textpool::collect(rec, &mut self.spare);
-                    }
-                }
+                Msg::Request(rec) => self.append(Payload::Request(Box::new(rec))),
                 Msg::Event(line) => self.append(Payload::Event { line }),
                 Msg::Flush(done) => {
                     // Lines logged before the flush was asked for are in the slots.
@@ -368,8 +359,6 @@ impl Writer {
                 &format!("cannot write {}: {e}", self.path.display()),
             );
         }
-        // The records' strings go back to the workers, to be filled again.
-        crate::textpool::give_back(&mut self.spare);
     }
 
     /// fsync the spool when something was written, and wake the shipper; report
