@@ -147,6 +147,7 @@ impl AccessLog {
             spooling,
             dirty: false,
             spool_failing: false,
+            access_failing: false,
             reported: 0,
         };
         std::thread::Builder::new()
@@ -240,6 +241,8 @@ struct Writer {
     dirty: bool,
     /// The last spool write failed (reported once until it works again).
     spool_failing: bool,
+    /// The last write to access.log failed (reported once until lines are written again).
+    access_failing: bool,
     /// Dropped records already reported.
     reported: u64,
 }
@@ -304,9 +307,10 @@ impl Writer {
         self.dirty = true;
     }
 
-    /// Append every slot's text to access.log (buffered).
-    fn take_slots(&mut self) {
+    /// Append every slot's text to access.log (buffered); whether there was any.
+    fn take_slots(&mut self) -> bool {
         let me = self.me.clone();
+        let mut any = false;
         for slot in me.slots.iter() {
             let Ok(mut slot) = slot.lock() else { continue };
             if slot.requests == 0 {
@@ -316,15 +320,13 @@ impl Writer {
             let (requests, blocked, bytes) = (slot.requests, slot.blocked, slot.bytes);
             (slot.requests, slot.blocked, slot.bytes) = (0, 0, 0);
             drop(slot);
+            any = true;
             let c = &self.me.counters;
             c.requests.fetch_add(requests, Ordering::Relaxed);
             c.blocked.fetch_add(blocked, Ordering::Relaxed);
             c.bytes.fetch_add(bytes, Ordering::Relaxed);
             if let Err(e) = self.out.write_all(self.taken.as_bytes()) {
-                self.events.warn(
-                    "access",
-                    &format!("cannot write {}: {e}", self.path.display()),
-                );
+                self.access_error(&e);
             }
             self.taken.clear();
             if self.taken.capacity() > SLOT_WAKE_AT * 2 {
@@ -332,17 +334,30 @@ impl Writer {
                 self.taken = String::new();
             }
         }
+        any
+    }
+
+    /// Report a failed access.log write, once until lines are written again (a full
+    /// disk must not fill extended.log, nor a slave's spool, with the same warning).
+    fn access_error(&mut self, e: &std::io::Error) {
+        if !self.access_failing {
+            self.events.warn(
+                "access",
+                &format!("cannot write {}: {e}", self.path.display()),
+            );
+        }
+        self.access_failing = true;
     }
 
     fn write(&mut self, batch: &mut Vec<Msg>) {
-        self.take_slots();
+        let mut wrote = self.take_slots();
         for m in batch.drain(..) {
             match m {
                 Msg::Request(rec) => self.append(Payload::Request(Box::new(rec))),
                 Msg::Event(line) => self.append(Payload::Event { line }),
                 Msg::Flush(done) => {
                     // Lines logged before the flush was asked for are in the slots.
-                    self.take_slots();
+                    wrote |= self.take_slots();
                     let _ = self.out.flush();
                     if let Some(sp) = &self.spooling {
                         if let Ok(mut s) = sp.spool.lock() {
@@ -353,11 +368,10 @@ impl Writer {
                 }
             }
         }
-        if let Err(e) = self.out.flush() {
-            self.events.warn(
-                "access",
-                &format!("cannot write {}: {e}", self.path.display()),
-            );
+        match self.out.flush() {
+            Ok(()) if wrote => self.access_failing = false,
+            Ok(()) => {}
+            Err(e) => self.access_error(&e),
         }
     }
 

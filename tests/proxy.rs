@@ -1190,6 +1190,37 @@ fn connections_are_spread_over_the_proxy_workers() {
     );
 }
 
+/// access.log on a full disk (here /dev/full): requests are still served, and the
+/// failed write is reported in extended.log once, not once per write.
+#[test]
+fn a_full_disk_under_access_log_is_reported_once() {
+    let env = Env::new();
+    let origin = Origin::start();
+    let nd = NodeDir::create(&env, "gw-full", &next_ip(), "");
+    std::fs::create_dir_all(&nd.log).expect("log dir");
+    std::os::unix::fs::symlink("/dev/full", nd.log.join("access.log")).expect("symlink");
+    let node = Node::run(nd);
+    apply(&env, &node, "rules: []\n");
+    let proxy = proxy_of(&node);
+    let host = origin.hostport();
+    let mut c = Raw::connect(&proxy);
+    for i in 0..6 {
+        c.send(&format!(
+            "GET http://{host}/full{i} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+        ));
+        assert_eq!(c.response(false).status, 200, "request {i}");
+        // Past the writer's 50 ms tick: each request's line is a write of its own.
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    let warned = |t: &str| t.lines().filter(|l| l.contains("cannot write")).count();
+    eventually(Duration::from_secs(5), "the access.log warning", || {
+        (warned(&node.files.extended_log()) > 0).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let ext = node.files.extended_log();
+    assert_eq!(warned(&ext), 1, "extended.log:\n{ext}");
+}
+
 /// Each worker writes its requests' access.log lines into a buffer of its own, which
 /// the writer thread takes on its tick: lines of both workers all reach the file, each
 /// once, and a SIGTERM right after the last answer still writes them before the exit.
